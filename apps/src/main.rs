@@ -1,0 +1,2 @@
+//! The taskbus command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The conformance suite (not written yet).

@@ -1,0 +1,2 @@
+//! The hello-world worker.
+fn main() {}

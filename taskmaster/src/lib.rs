@@ -1,0 +1,1 @@
+//! taskbus taskmaster engines.

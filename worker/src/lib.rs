@@ -1,0 +1,1 @@
+//! taskbus workers: the Worker trait and the Launcher.
