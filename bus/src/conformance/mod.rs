@@ -1,1 +1,81 @@
-//! The conformance suite (not written yet).
+//! The conformance suite: one set of cases that every backend runs against its real broker.
+//!
+//! A backend's test file gives a [`Harness`] and expands [`conformance_tests!`](crate::conformance_tests):
+//!
+//! ```ignore
+//! use taskbus_bus::conformance::Harness;
+//! taskbus_bus::conformance_tests!(MyHarness::new());                       // every case but the restart
+//! taskbus_bus::conformance_tests!(MyHarness::new(); only broker_restart);  // in a test binary of its own
+//! ```
+//!
+//! Each case makes topics and groups with unique names, so cases run in parallel and a persistent
+//! broker's old state never gets in the way. Every case checks the exact set of task ids received:
+//! nothing missing, and duplicates counted and reported. A case that needs a capability the backend
+//! does not declare prints `SKIPPED <case>: needs <capability>` and passes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Bus, Capabilities};
+
+pub mod cases;
+
+/// What a backend's tests give the suite.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// A new connection to the broker under test, as another process would open it. Every connection
+    /// of one harness reaches the same broker (for `mem:`, the same broker name).
+    async fn connect(&self) -> Bus;
+
+    /// What the backend declares it can do; the suite skips exactly the rest.
+    fn capabilities(&self) -> Capabilities;
+
+    /// How long a crashed consumer's deliveries stay leased before they come back (the ack wait the
+    /// harness configured). The suite waits a few times this, no longer.
+    fn lease(&self) -> Duration;
+
+    /// Stops the broker and starts it again. `Err` says why it cannot, and the restart case is
+    /// skipped with that reason.
+    async fn restart_broker(&self) -> Result<(), String> {
+        Err("this harness cannot restart its broker".to_owned())
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each calling
+/// `taskbus_bus::conformance::cases::<case>(&harness)`.
+///
+/// - `conformance_tests!(harness)` — every case except `broker_restart`;
+/// - `conformance_tests!(harness; only case, case…)` — just those (run `broker_restart` in a test
+///   binary of its own, so no other case runs while the broker is down).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!($harness; only
+            publish_before_subscribe,
+            concurrent_publishers_and_subscribers,
+            many_topics,
+            topic_isolation,
+            nack_redelivers,
+            nack_with_delay,
+            each_group_gets_all,
+            group_members_share,
+            close_and_reopen_loses_nothing,
+            crash_without_close_redelivers,
+            in_progress_keeps_lease,
+            redelivery_limit_dead_letters,
+            undecodable_dead_letters,
+            large_payloads,
+            finite_consumer_ends
+        );
+    };
+    ($harness:expr; only $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $harness;
+                $crate::conformance::cases::$case(&harness).await;
+            }
+        )+
+    };
+}
