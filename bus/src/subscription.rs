@@ -93,12 +93,15 @@ impl Subscription {
                     "delivered {} times, more than max_deliveries={max}",
                     delivery.delivery_count()
                 );
-                self.dead_letter(delivery, reason).await?;
+                dead_letter(&self.bus, &self.topic, &self.group, delivery, reason).await?;
                 continue;
             }
             match Task::from_json(&delivery.payload) {
                 Ok(task) => return Ok(Some(Received { task, delivery })),
-                Err(e) => self.dead_letter(delivery, e.to_string()).await?,
+                Err(e) => {
+                    dead_letter(&self.bus, &self.topic, &self.group, delivery, e.to_string())
+                        .await?;
+                }
             }
         }
     }
@@ -107,33 +110,41 @@ impl Subscription {
     pub async fn close(&mut self) -> Result<(), BusError> {
         self.consumer.close().await
     }
+}
 
-    async fn dead_letter(&self, delivery: Delivery, reason: String) -> Result<(), BusError> {
-        let letter = DeadLetter {
-            topic: self.topic.clone(),
-            group: self.group.clone(),
-            reason,
-            delivery_count: delivery.delivery_count(),
-            at: crate::task::time::now(),
-            payload: String::from_utf8_lossy(&delivery.payload).into_owned(),
-        };
-        let dead_topic = &self.bus.options().dead_letter;
-        tracing::warn!(
-            topic = %self.topic, group = %self.group, dead_letter = %dead_topic,
-            reason = %letter.reason, "message moved to the dead-letter topic"
-        );
-        let sent = self
-            .bus
-            .send_message(dead_topic, Outgoing::new(letter.to_json_bytes()))
-            .await;
-        match sent {
-            Ok(()) => delivery.ack().await,
-            Err(e) => {
-                tracing::error!(topic = %self.topic, error = %e,
-                    "cannot publish a dead letter; the message is nacked and stays on the bus");
-                delivery.nack(Some(Duration::from_secs(1))).await?;
-                Err(e)
-            }
+/// Publishes `delivery` to the dead-letter topic with `reason`, then acks it. Takes the fields it needs
+/// rather than `&Subscription`, whose consumer is `Send` but not `Sync`: holding `&Subscription`
+/// across an await would make [`Subscription::next`]'s future not `Send`, so no one could spawn it.
+async fn dead_letter(
+    bus: &Bus,
+    topic: &str,
+    group: &str,
+    delivery: Delivery,
+    reason: String,
+) -> Result<(), BusError> {
+    let letter = DeadLetter {
+        topic: topic.to_owned(),
+        group: group.to_owned(),
+        reason,
+        delivery_count: delivery.delivery_count(),
+        at: crate::task::time::now(),
+        payload: String::from_utf8_lossy(&delivery.payload).into_owned(),
+    };
+    let dead_topic = &bus.options().dead_letter;
+    tracing::warn!(
+        topic = %topic, group = %group, dead_letter = %dead_topic,
+        reason = %letter.reason, "message moved to the dead-letter topic"
+    );
+    let sent = bus
+        .send_message(dead_topic, Outgoing::new(letter.to_json_bytes()))
+        .await;
+    match sent {
+        Ok(()) => delivery.ack().await,
+        Err(e) => {
+            tracing::error!(topic = %topic, error = %e,
+                "cannot publish a dead letter; the message is nacked and stays on the bus");
+            delivery.nack(Some(Duration::from_secs(1))).await?;
+            Err(e)
         }
     }
 }

@@ -20,6 +20,10 @@ use async_trait::async_trait;
 use crate::{Bus, Capabilities};
 
 pub mod cases;
+mod ledger;
+mod support;
+
+pub use ledger::{Ledger, LedgerReport};
 
 /// What a backend's tests give the suite.
 #[async_trait]
@@ -34,6 +38,12 @@ pub trait Harness: Send + Sync + 'static {
     /// How long a crashed consumer's deliveries stay leased before they come back (the ack wait the
     /// harness configured). The suite waits a few times this, no longer.
     fn lease(&self) -> Duration;
+
+    /// How long a case keeps listening once everything it expects has arrived, to catch duplicates and
+    /// messages on the wrong topic. A quarter of a second unless the harness says otherwise.
+    fn settle(&self) -> Duration {
+        Duration::from_millis(250)
+    }
 
     /// Stops the broker and starts it again. `Err` says why it cannot, and the restart case is
     /// skipped with that reason.
@@ -53,6 +63,7 @@ macro_rules! conformance_tests {
     ($harness:expr) => {
         $crate::conformance_tests!($harness; only
             publish_before_subscribe,
+            ordered_delivery,
             concurrent_publishers_and_subscribers,
             many_topics,
             topic_isolation,
