@@ -7,7 +7,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::{time, Meta, Task, TaskResult};
+use super::{time, Meta, Task, TaskResult, UnknownResult};
 
 /// Bytes that are not a valid task.
 #[derive(Debug, thiserror::Error)]
@@ -114,9 +114,23 @@ fn string<'de, A: MapAccess<'de>>(map: &mut A, field: &str) -> Result<String, A:
         Value::String(s) => Ok(s),
         Value::Null => Ok(String::new()),
         other => Err(de::Error::custom(format_args!(
-            "field `{field}` must be a string, found {other}"
+            "field `{field}` must be a string, found {}",
+            cut(&other.to_string(), |s| s.to_owned())
         ))),
     }
+}
+
+/// `value` shown by `show` for an error message, cut after 80 characters so that a huge bad value
+/// does not make a huge error (and dead-letter reason).
+fn cut(value: &str, show: impl Fn(&str) -> String) -> String {
+    match value.char_indices().nth(80) {
+        None => show(value),
+        Some((end, _)) => format!("{}… ({} bytes)", show(&value[..end]), value.len()),
+    }
+}
+
+fn quoted(value: &str) -> String {
+    cut(value, |s| format!("{s:?}"))
 }
 
 fn time_field<'de, A: MapAccess<'de>>(
@@ -126,7 +140,8 @@ fn time_field<'de, A: MapAccess<'de>>(
     let s = string(map, field)?;
     time::parse(&s).map_err(|e| {
         de::Error::custom(format_args!(
-            "field `{field}` has {s:?}, which is not an RFC 3339 time ({e}); write it like 2024-01-02T15:04:05Z"
+            "field `{field}` has {}, which is not an RFC 3339 time ({e}); write it like 2024-01-02T15:04:05Z",
+            quoted(&s)
         ))
     })
 }
@@ -160,7 +175,8 @@ impl<'de> Visitor<'de> for TaskVisitor {
                     task.result = if s.is_empty() {
                         None
                     } else {
-                        Some(s.parse::<TaskResult>().map_err(|e| {
+                        Some(s.parse::<TaskResult>().map_err(|_| {
+                            let e = UnknownResult(cut(&s, str::to_owned));
                             de::Error::custom(format_args!("field `result`: {e}"))
                         })?)
                     };
