@@ -1,0 +1,1 @@
+//! Backload (in progress).
