@@ -126,6 +126,20 @@ impl BusUrl {
         }
     }
 
+    /// Takes every option whose key starts with `prefix` (pass-through settings such as Kafka's
+    /// `rdkafka.<key>=<value>`), as (key without the prefix, value) pairs in URL order.
+    pub fn take_prefixed(&mut self, prefix: &'static str) -> Vec<(String, String)> {
+        self.asked.push(prefix);
+        let (taken, kept) = std::mem::take(&mut self.params)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len());
+        self.params = kept;
+        taken
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_owned(), v))
+            .collect()
+    }
+
     /// Fails when an option was given that no one took, naming it and the nearest known option.
     pub fn finish(&self) -> Result<(), BusError> {
         let Some((key, _)) = self.params.first() else {

@@ -6,7 +6,23 @@ use crate::config::BusUrl;
 use crate::{Backend, BusError};
 
 #[cfg(feature = "kafka")]
+mod consumer;
+#[cfg(feature = "kafka")]
 mod enabled;
+#[cfg(feature = "kafka")]
+mod headers;
+#[cfg(feature = "kafka")]
+mod logs;
+#[cfg(feature = "kafka")]
+mod offsets;
+#[cfg(feature = "kafka")]
+mod producer;
+#[cfg(feature = "kafka")]
+mod pump;
+#[cfg(feature = "kafka")]
+mod settings;
+#[cfg(feature = "kafka")]
+mod state;
 
 #[cfg(feature = "kafka")]
 pub(crate) async fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusError> {
