@@ -87,7 +87,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return cmd::failure::report_clap(&e, &command_name()),
     };
-    let file = match cli.command.config_file().map(cmd::ConfigFile::load).transpose() {
+    let file = match cli
+        .command
+        .config_file()
+        .map(cmd::ConfigFile::load)
+        .transpose()
+    {
         Ok(file) => file.unwrap_or_default(),
         Err(e) => return cmd::failure::report(&anyhow::Error::new(e)),
     };
@@ -110,10 +115,9 @@ fn main() -> ExitCode {
 /// `taskbus SUBCOMMAND` when the arguments name one, for "see `… --help`" in errors.
 fn command_name() -> String {
     let cli = Cli::command();
-    let sub = std::env::args().skip(1).find(|arg| {
-        cli.get_subcommands()
-            .any(|s| s.get_name() == arg.as_str())
-    });
+    let sub = std::env::args()
+        .skip(1)
+        .find(|arg| cli.get_subcommands().any(|s| s.get_name() == arg.as_str()));
     match sub {
         Some(sub) => format!("taskbus {sub}"),
         None => "taskbus".to_owned(),

@@ -63,13 +63,51 @@ pub(crate) const SAMPLE: &str = r#"# taskbus config file: give it to send, tail 
 # idle = "2s"
 
 [exec]
-# The type of task to run (--type, TASKBUS_EXEC_TYPE).
+# Also environment variables TASKBUS_EXEC_<NAME>, such as TASKBUS_EXEC_MAX_IN_PROGRESS=4.
+# The type of task to run (--type); tasks of other types on the topic are rejected or ignored.
 # type = "resize"
-# Cancel a task after this long (--timeout, TASKBUS_EXEC_TIMEOUT).
+# The command, with placeholders {type} {job} {info} {id} {created} {meta} {meta:KEY} {attempt}
+# (on the command line: after --). Environment TASK_TYPE, TASK_INFO … and the task JSON on stdin.
+# command = ["./resize.sh", "{info}"]
+# The topic to read (--topic). Default: the type.
+# topic = "resize"
+# The consumer group; workers of one group share the topic's tasks (--group).
+# group = "workers"
+# Where done tasks go (--done-topic).
+# done_topic = "done"
+# How many commands run at once (--max-in-progress).
+# max_in_progress = 1
+# Run exactly this many tasks, then exit (--lifetime-workers). Default: no limit.
+# lifetime_workers = 100
+# Stop a command after this long; a task's `timeout` meta key wins (--timeout). Default: none.
 # timeout = "5m"
+# Between SIGTERM and SIGKILL to the command's process group when it must stop (--kill-grace).
+# kill_grace = "2s"
+# At shutdown, how long running commands may take to finish (--worker-kill-time).
+# worker_kill_time = "10s"
+# Commands still running after that: "auto" (redeliver, or fail on stdio:/mem:), "redeliver" or
+# "fail" (--on-shutdown).
+# on_shutdown = "auto"
+# Tasks of another type: "reject" (an error done task) or "ignore" (left for others) (--other-types).
+# other_types = "reject"
+# The nack delay of an ignored task (--ignore-delay).
+# ignore_delay = "1s"
+# How often a running task's lease is extended; "0s" never (--heartbeat).
+# heartbeat = "10s"
+# The nack delay of a task whose done task could not be published (--publish-retry-delay).
+# publish_retry_delay = "1s"
+# Exit when the topic is drained instead of waiting for more (--finite).
+# finite = false
+# Serve /healthz, /stats and /metrics here (--http). Default: off.
+# http = "127.0.0.1:9090"
+# The working directory of the commands (--workdir). Default: the current one.
+# workdir = "/srv/jobs"
+# Bytes of the end of stderr (or stdout) that go into the done task's msg (--msg-bytes).
+# msg_bytes = 2000
 "#;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::cmd::{exec, send, tail};
@@ -79,7 +117,13 @@ mod tests {
         SAMPLE
             .lines()
             .map(|line| match line.strip_prefix("# ") {
-                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) => rest,
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
                 _ => line,
             })
             .collect::<Vec<_>>()
@@ -100,9 +144,18 @@ mod tests {
     fn the_sample_shows_every_option_of_every_section() {
         use clap::Args as _;
         let sections = [
-            ("send", send::Options::augment_args(clap::Command::new("send"))),
-            ("tail", tail::Options::augment_args(clap::Command::new("tail"))),
-            ("exec", exec::Options::augment_args(clap::Command::new("exec"))),
+            (
+                "send",
+                send::Options::augment_args(clap::Command::new("send")),
+            ),
+            (
+                "tail",
+                tail::Options::augment_args(clap::Command::new("tail")),
+            ),
+            (
+                "exec",
+                exec::Options::augment_args(clap::Command::new("exec")),
+            ),
         ];
         let text = uncommented();
         for (section, command) in sections {

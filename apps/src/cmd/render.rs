@@ -71,7 +71,12 @@ pub(crate) fn task_line(task: &Task, colour: bool) -> String {
     paint(&mut out, colour, BOLD, &format!("{:<14}", task.kind_job()));
     out.push_str("  ");
     let result = task.result.map_or("-", TaskResult::as_str);
-    paint(&mut out, colour, result_colour(task.result), &format!("{result:<8}"));
+    paint(
+        &mut out,
+        colour,
+        result_colour(task.result),
+        &format!("{result:<8}"),
+    );
     let took = task.duration().map_or_else(String::new, |d| {
         format!("{:.2}s", d.num_milliseconds() as f64 / 1000.0)
     });
@@ -88,7 +93,12 @@ pub(crate) fn task_line(task: &Task, colour: bool) -> String {
 /// One line for an entry of the dead-letter topic.
 pub(crate) fn dead_letter_line(letter: &DeadLetter, colour: bool) -> String {
     let mut out = String::new();
-    paint(&mut out, colour, DIM, &taskbus_bus::task::time::format(&letter.at));
+    paint(
+        &mut out,
+        colour,
+        DIM,
+        &taskbus_bus::task::time::format(&letter.at),
+    );
     out.push_str("  ");
     paint(
         &mut out,
@@ -112,6 +122,7 @@ fn one_line(text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

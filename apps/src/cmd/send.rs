@@ -93,7 +93,9 @@ pub(crate) async fn run(mut args: Args, global: &Global) -> anyhow::Result<()> {
             _ => sender.send_stdin().await,
         },
     };
-    bus.close().await.context("cannot close the bus after sending")?;
+    bus.close()
+        .await
+        .context("cannot close the bus after sending")?;
     result
 }
 
@@ -123,7 +125,11 @@ impl Sender {
                 let mut task = Task::new(kind, info).job(args.job.clone().unwrap_or_default());
                 self.apply_meta(&mut task);
                 let topic = self.topic.clone().unwrap_or_else(|| kind.to_owned());
-                Line { number: 0, topic, task }
+                Line {
+                    number: 0,
+                    topic,
+                    task,
+                }
             })
             .collect();
         self.send_batch(&tasks).await
@@ -142,7 +148,8 @@ impl Sender {
         let mut batch = Vec::new();
         loop {
             let more = self.read_batch(&mut reader, &mut batch).await;
-            let more = more.map_err(|e| anyhow::anyhow!("{e:#}; nothing was sent: fix it and run again"))?;
+            let more =
+                more.map_err(|e| anyhow::anyhow!("{e:#}; nothing was sent: fix it and run again"))?;
             batch.clear();
             if !more {
                 break;
@@ -227,7 +234,11 @@ impl Sender {
             ),
             (None, kind) => kind.to_owned(),
         };
-        Ok(Some(Line { number, topic, task }))
+        Ok(Some(Line {
+            number,
+            topic,
+            task,
+        }))
     }
 
     fn apply_meta(&self, task: &mut Task) {
@@ -259,9 +270,15 @@ impl Sender {
 
     /// Says exactly which tasks are confirmed, which may or may not have been sent, and which not.
     fn partial_failure(&self, batch: &[Line], error: taskbus_bus::BusError) -> anyhow::Error {
-        let (first, last) = (batch.first().map_or(0, |l| l.number), batch.last().map_or(0, |l| l.number));
+        let (first, last) = (
+            batch.first().map_or(0, |l| l.number),
+            batch.last().map_or(0, |l| l.number),
+        );
         let unsure = if first == 0 {
-            format!("the {} task(s) of this command may or may not have been sent", batch.len())
+            format!(
+                "the {} task(s) of this command may or may not have been sent",
+                batch.len()
+            )
         } else {
             format!(
                 "lines {first}-{last} may or may not have been sent (sending them again is safe on \
@@ -294,9 +311,11 @@ impl<R: AsyncRead + Unpin> Lines<R> {
     /// The next line and its number (from 1), without its line ending; `None` at the end.
     async fn next(&mut self) -> anyhow::Result<Option<(usize, Vec<u8>)>> {
         let mut line = Vec::new();
-        let n = self.reader.read_until(b'\n', &mut line).await.with_context(|| {
-            format!("cannot read line {} of {}", self.number + 1, self.name)
-        })?;
+        let n = self
+            .reader
+            .read_until(b'\n', &mut line)
+            .await
+            .with_context(|| format!("cannot read line {} of {}", self.number + 1, self.name))?;
         if n == 0 {
             return Ok(None);
         }
@@ -322,7 +341,10 @@ struct IdPrinter {
 
 impl IdPrinter {
     fn new(to_stderr: bool) -> Self {
-        IdPrinter { to_stderr, broken: false }
+        IdPrinter {
+            to_stderr,
+            broken: false,
+        }
     }
 
     fn print(&mut self, id: &str) {

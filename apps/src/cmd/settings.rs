@@ -95,7 +95,9 @@ impl<'de> Deserialize<'de> for Dur {
 pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not KEY=VALUE; write it like day=2024-01-02")),
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE; write it like day=2024-01-02"
+        )),
     }
 }
 
@@ -115,6 +117,7 @@ pub(crate) fn missing(what: &str, flag: &str, section: &str, key: &str) -> anyho
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -84,7 +84,7 @@ pub(crate) async fn run(mut args: Args, global: &Global) -> anyhow::Result<()> {
     let mut printed = 0usize;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
-    while args.count.is_none_or(|n| printed < n) {
+    while args.count.map_or(true, |n| printed < n) {
         let next = tokio::select! {
             biased;
             _ = &mut interrupted => break,
@@ -96,7 +96,9 @@ pub(crate) async fn run(mut args: Args, global: &Global) -> anyhow::Result<()> {
             Ok(false) => {}
             Err(_) => break, // stdout closed (`| head`): stop quietly
         }
-        item.settle().await.context("cannot acknowledge a printed task")?;
+        item.settle()
+            .await
+            .context("cannot acknowledge a printed task")?;
     }
     source.close().await;
     bus.close().await.context("cannot close the bus")?;
@@ -106,15 +108,29 @@ pub(crate) async fn run(mut args: Args, global: &Global) -> anyhow::Result<()> {
 /// Where tail reads from: a raw consumer (observer, or the dead-letter topic) or a subscription
 /// (member of a group, which dead-letters what is not a task as every member does).
 enum Source {
-    Raw { consumer: Box<dyn Consumer>, dead_letters: bool },
+    Raw {
+        consumer: Box<dyn Consumer>,
+        dead_letters: bool,
+    },
     Member(Subscription),
 }
 
 /// One thing read, to print and then acknowledge.
 enum Item {
-    Task { task: Task, raw: Option<Vec<u8>>, delivery: Delivery },
-    DeadLetter { letter: Box<DeadLetter>, raw: Vec<u8>, delivery: Delivery },
-    NotATask { reason: String, delivery: Delivery },
+    Task {
+        task: Box<Task>,
+        raw: Option<Vec<u8>>,
+        delivery: Delivery,
+    },
+    DeadLetter {
+        letter: Box<DeadLetter>,
+        raw: Vec<u8>,
+        delivery: Delivery,
+    },
+    NotATask {
+        reason: String,
+        delivery: Delivery,
+    },
 }
 
 impl Source {
@@ -126,7 +142,9 @@ impl Source {
             .finite(finite)
             .max_in_flight(args.count.unwrap_or(256).clamp(1, 256));
         let source = match group {
-            Some(_) if !dead_letters => Source::Member(bus.subscribe_with(&args.topic, options).await?),
+            Some(_) if !dead_letters => {
+                Source::Member(bus.subscribe_with(&args.topic, options).await?)
+            }
             _ => Source::Raw {
                 consumer: bus.consumer(&args.topic, &options).await?,
                 dead_letters,
@@ -148,21 +166,42 @@ impl Source {
         match self {
             Source::Member(sub) => Ok(sub.next().await?.map(|received| {
                 let (task, delivery) = received.into_parts();
-                Item::Task { task, raw: None, delivery }
+                Item::Task {
+                    task: Box::new(task),
+                    raw: None,
+                    delivery,
+                }
             })),
-            Source::Raw { consumer, dead_letters } => {
+            Source::Raw {
+                consumer,
+                dead_letters,
+            } => {
                 let Some(delivery) = consumer.next().await? else {
                     return Ok(None);
                 };
                 let raw = delivery.payload.to_vec();
                 Ok(Some(match (*dead_letters, &raw) {
                     (true, raw) => match DeadLetter::from_json(raw) {
-                        Ok(letter) => Item::DeadLetter { letter: Box::new(letter), raw: raw.clone(), delivery },
-                        Err(e) => Item::NotATask { reason: e.to_string(), delivery },
+                        Ok(letter) => Item::DeadLetter {
+                            letter: Box::new(letter),
+                            raw: raw.clone(),
+                            delivery,
+                        },
+                        Err(e) => Item::NotATask {
+                            reason: e.to_string(),
+                            delivery,
+                        },
                     },
                     (false, raw) => match Task::from_json(raw) {
-                        Ok(task) => Item::Task { task, raw: Some(raw.clone()), delivery },
-                        Err(e) => Item::NotATask { reason: e.to_string(), delivery },
+                        Ok(task) => Item::Task {
+                            task: Box::new(task),
+                            raw: Some(raw.clone()),
+                            delivery,
+                        },
+                        Err(e) => Item::NotATask {
+                            reason: e.to_string(),
+                            delivery,
+                        },
                     },
                 }))
             }
