@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     /// The lease-extension interval, `None` when off or when the bus cannot extend leases.
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) worker: Arc<dyn Worker>,
+    /// `on_shutdown` with `Auto` resolved for this bus.
+    pub(crate) on_shutdown: OnShutdown,
 }
 
 /// How a delivery is settled.
@@ -202,8 +204,8 @@ fn stopped(shared: &Shared, why: Stop, late: Option<Outcome>) -> Settle {
                 compact_duration(limit)
             )))
         }
-        Stop::Kill => match shared.options.on_shutdown {
-            OnShutdown::Redeliver => Settle::Redeliver,
+        Stop::Kill => match shared.on_shutdown {
+            OnShutdown::Redeliver | OnShutdown::Auto => Settle::Redeliver,
             OnShutdown::Fail => {
                 Stats::bump(&shared.stats.interrupted);
                 Settle::Publish(Outcome::error(format!(

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::execute::{self, Shared};
 use crate::stats::State;
-use crate::{LauncherOptions, Shutdown, Stats, StatsSnapshot, Worker, WorkerError};
+use crate::{LauncherOptions, OnShutdown, Shutdown, Stats, StatsSnapshot, Worker, WorkerError};
 
 /// Runs a [`Worker`] on the tasks of one topic.
 ///
@@ -182,6 +182,11 @@ impl Launcher {
             kill: CancellationToken::new(),
             heartbeat,
             worker: Arc::new(worker),
+            on_shutdown: match self.options.on_shutdown {
+                OnShutdown::Auto if self.bus.capabilities().persistent => OnShutdown::Redeliver,
+                OnShutdown::Auto => OnShutdown::Fail,
+                chosen => chosen,
+            },
         });
         tracing::info!(topic = %self.topic, group = %self.options.group, bus = %self.bus.url(),
             max_in_progress = self.options.max_in_progress, "worker started");
@@ -192,7 +197,7 @@ impl Launcher {
             tracing::warn!(error = %e, "cannot close the subscription");
         }
         tracker.close();
-        self.drain(&tracker, &shared.kill).await;
+        self.drain(&tracker, &shared).await;
         self.stats.set_state(State::Stopped);
         let report = Report {
             stopped: fetched?,
@@ -292,7 +297,7 @@ impl Launcher {
 
     /// Waits for the running tasks. Without a shutdown, as long as they take; after one, up to
     /// `worker_kill_time` (or a second signal), then cancels them and waits for them to settle.
-    async fn drain(&self, tracker: &TaskTracker, kill: &CancellationToken) {
+    async fn drain(&self, tracker: &TaskTracker, shared: &Shared) {
         let all_settled = tracker.wait();
         tokio::pin!(all_settled);
         let kill_time = async {
@@ -310,9 +315,9 @@ impl Launcher {
             .stats
             .running
             .load(std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(running, on_shutdown = ?self.options.on_shutdown,
+        tracing::warn!(running, on_shutdown = ?shared.on_shutdown,
             "worker_kill_time passed: cancelling the running tasks");
-        kill.cancel();
+        shared.kill.cancel();
         all_settled.await;
     }
 }

@@ -68,9 +68,11 @@
 //! On SIGINT or SIGTERM (or [`Shutdown::request`]) the launcher stops fetching; running tasks may finish
 //! for up to `worker_kill_time`, their done tasks published and inputs acked over the still-open bus.
 //! Then the rest are cancelled (their [`TaskContext`] token fires; after `cancel_grace` their futures
-//! are dropped) and, by default ([`OnShutdown::Redeliver`]), nacked so the bus hands them out again at
-//! once: a task cut off by a deploy is redone, not failed. [`OnShutdown::Fail`] publishes an
-//! `interrupted at shutdown` error instead. A second signal ends the wait at once. When a finite input
+//! are dropped) and, by default on a persistent bus ([`OnShutdown::Auto`] →
+//! [`OnShutdown::Redeliver`]), nacked so the bus hands them out again at once: a task cut off by a
+//! deploy is redone, not failed. On a bus that does not outlive the process (`stdio:`, `mem:`), where
+//! a nacked task would vanish, `Auto` means [`OnShutdown::Fail`]: an `interrupted at shutdown` error
+//! done task is published instead, so nothing is lost silently. A second signal ends the wait at once. When a finite input
 //! ends (`stdio:`, or the `finite` option), the launcher runs what it holds to the end — nothing is
 //! cancelled — and [`Launcher::run`] returns `Ok`.
 //!

@@ -23,13 +23,16 @@ pub enum OtherTypes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OnShutdown {
-    /// Nack the input so the bus hands it out again at once (to another worker, or to this one after a
-    /// restart), and publish nothing: the task was cut off, not failed, and is redone. The default.
+    /// [`Redeliver`](OnShutdown::Redeliver) on a bus that keeps messages beyond the process
+    /// (`file://`, brokers); [`Fail`](OnShutdown::Fail) on one that does not (`stdio:`, `mem:`), where
+    /// a task handed back would vanish with the process. The default.
     #[default]
+    Auto,
+    /// Nack the input so the bus hands it out again at once (to another worker, or to this one after a
+    /// restart), and publish nothing: the task was cut off, not failed, and is redone.
     Redeliver,
     /// Publish a done task with result `error` and msg `interrupted at shutdown …`, then ack the input:
-    /// the retry policy decides what happens next. Use this on buses that cannot hand a task out again
-    /// (`stdio:`).
+    /// the retry policy decides what happens next.
     Fail,
 }
 
@@ -50,7 +53,7 @@ pub enum OnShutdown {
 /// | `timeout` | none | how long a task may run; a task's `timeout` meta key wins |
 /// | `heartbeat` | `10s` | how often a running task's lease is extended (`Delivery::in_progress`); keep it under a third of the bus's ack wait |
 /// | `finite` | `false` | end when the topic is drained instead of waiting for more (always so on `stdio:`) |
-/// | `on_shutdown` | [`OnShutdown::Redeliver`] | what happens to tasks cut off by a shutdown |
+/// | `on_shutdown` | [`OnShutdown::Auto`] | what happens to tasks cut off by a shutdown |
 /// | `handle_signals` | `true` | SIGINT/SIGTERM start a graceful shutdown, a second one shortens it |
 /// | `publish_retry_delay` | `1s` | the nack delay of a task whose done task could not be published |
 /// | `http_addr` | none | serve `/healthz`, `/stats` and `/metrics` here |
@@ -108,7 +111,7 @@ impl Default for LauncherOptions {
             timeout: None,
             heartbeat: Some(Duration::from_secs(10)),
             finite: false,
-            on_shutdown: OnShutdown::Redeliver,
+            on_shutdown: OnShutdown::Auto,
             handle_signals: true,
             publish_retry_delay: Duration::from_secs(1),
             http_addr: None,
