@@ -1,0 +1,667 @@
+//! One consumer group of one topic, as seen by one process: its journal, its lock, and the lines it
+//! hands out.
+//!
+//! Every change goes through [`Group::locked`]: take the group's `flock`, read what other processes
+//! appended to the journal since, apply the changes waiting in this process, append their records
+//! with one `write`, let go. Callers queue their changes first, so whoever takes the lock writes
+//! everybody's (group commit). The locked work runs in a spawned task, so a caller that stops
+//! waiting cannot leave the lock held.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Notify};
+
+use super::journal::{GroupState, Record};
+use super::reader::{Tail, TopicReader};
+use super::topic::{lock_exclusive, FileId};
+use super::{lock, ms, now_ms, FileOptions};
+use crate::BusError;
+
+/// The journal is rewritten as a snapshot once it grows past this.
+const COMPACT_AT: u64 = 8 * 1024 * 1024;
+
+/// A change to one delivery.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Ack,
+    Nack {
+        not_before: u64,
+    },
+    /// Fetched but never handed out: give it back without counting it.
+    Release,
+    Extend {
+        deadline: u64,
+    },
+}
+
+/// Which delivery a change is about.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settle {
+    pub(crate) file: FileId,
+    pub(crate) off: u64,
+    pub(crate) count: u32,
+    pub(crate) op: Op,
+}
+
+struct Pending {
+    settle: Settle,
+    reply: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// A line taken for a consumer of this process, not yet handed out.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub(crate) file: FileId,
+    pub(crate) off: u64,
+    pub(crate) count: u32,
+    pub(crate) payload: Bytes,
+    pub(crate) at: Instant,
+}
+
+/// What a consumer may expect after a claim.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outlook {
+    /// How many lines were claimed.
+    pub(crate) claimed: usize,
+    /// Nothing to hand out now, the file is read to its end, and no nacked line waits out a delay.
+    pub(crate) exhausted: bool,
+    /// When something may become due (a lease running out, a nack delay, a partial line's wait).
+    pub(crate) wake_at: Option<u64>,
+    /// The topic file and journal as they were: while they stay so, a new claim would find nothing.
+    pub(crate) topic: Option<(FileId, u64)>,
+    pub(crate) journal_len: u64,
+}
+
+pub(crate) struct Group {
+    topic: String,
+    name: String,
+    topic_path: PathBuf,
+    journal_path: PathBuf,
+    lock: Arc<File>,
+    options: Arc<FileOptions>,
+    core: tokio::sync::Mutex<Core>,
+    pending: Mutex<Vec<Pending>>,
+    /// Woken when a line became ready again through this process (a nack, a release).
+    pub(crate) ready: Notify,
+}
+
+struct Core {
+    journal: Option<File>,
+    /// How much of the journal has been applied to `state`.
+    jpos: u64,
+    state: GroupState,
+    reader: TopicReader,
+    /// A last line without newline, first seen at that size at that instant.
+    partial: Option<(u64, u64, Instant)>,
+    warned_missing: bool,
+}
+
+impl Group {
+    /// Opens (creating) `DIR/.groups/<topic>/<group>/`.
+    pub(crate) fn open(
+        dir: &Path,
+        topic: &str,
+        name: &str,
+        options: Arc<FileOptions>,
+    ) -> Result<Group, BusError> {
+        let group_dir = dir.join(".groups").join(topic).join(name);
+        std::fs::create_dir_all(&group_dir)
+            .map_err(|e| BusError::io("cannot create the group directory", &group_dir, e))?;
+        let lock_path = group_dir.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| BusError::io("cannot open the group lock", &lock_path, e))?;
+        let topic_path = dir.join(format!("{topic}.jsonl"));
+        Ok(Group {
+            topic: topic.to_owned(),
+            name: name.to_owned(),
+            journal_path: group_dir.join("journal"),
+            lock: Arc::new(lock),
+            options,
+            core: tokio::sync::Mutex::new(Core {
+                journal: None,
+                jpos: 0,
+                state: GroupState::default(),
+                reader: TopicReader::new(topic_path.clone()),
+                partial: None,
+                warned_missing: false,
+            }),
+            topic_path,
+            pending: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+        })
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub(crate) fn lease_ms(&self) -> u64 {
+        ms(self.options.lease)
+    }
+
+    /// Claims up to `max` lines (expired leases and nacked lines first, then new lines) and puts
+    /// them at the back of `into`.
+    pub(crate) async fn claim(
+        self: &Arc<Self>,
+        max: usize,
+        into: Arc<Mutex<VecDeque<Claimed>>>,
+    ) -> Result<Outlook, BusError> {
+        let group = Arc::clone(self);
+        let work = tokio::spawn(async move {
+            let mut core = group.core.lock().await;
+            let (claimed, mut outlook) = group
+                .locked(&mut core, |g, core, records| g.select(core, max, records))
+                .await?;
+            outlook.journal_len = core.jpos;
+            into.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(claimed);
+            Ok(outlook)
+        });
+        work.await
+            .map_err(|e| BusError::broker(format!("claim from topic {:?}", self.topic), e))?
+    }
+
+    /// Applies a change to a delivery and returns once it is in the journal.
+    pub(crate) async fn settle(self: &Arc<Self>, settle: Settle) -> Result<(), BusError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue(Pending {
+            settle,
+            reply: Some(tx),
+        });
+        let group = Arc::clone(self);
+        let _ = tokio::spawn(async move { group.flush().await }).await;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(BusError::broker(
+                format!(
+                    "{} of a delivery of topic {:?} in group {:?}",
+                    op_name(settle.op),
+                    self.topic,
+                    self.name
+                ),
+                reason,
+            )),
+            Err(_) => Err(BusError::Closed(format!(
+                "group {:?} of topic {:?}",
+                self.name, self.topic
+            ))),
+        }
+    }
+
+    /// Queues a change without waiting (from `Drop`); it is written by the next flush.
+    pub(crate) fn settle_later(self: &Arc<Self>, settle: Settle) {
+        self.queue(Pending {
+            settle,
+            reply: None,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let group = Arc::clone(self);
+            runtime.spawn(async move { group.flush().await });
+        }
+    }
+
+    fn queue(&self, pending: Pending) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pending);
+    }
+
+    /// Writes every queued change.
+    pub(crate) async fn flush(&self) {
+        let mut core = self.core.lock().await;
+        if self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return;
+        }
+        if let Err(e) = self.locked(&mut core, |_, _, _| Ok(())).await {
+            tracing::error!(topic = %self.topic, group = %self.name, error = %e,
+                "cannot write to the group journal; unsettled deliveries come back after their lease");
+        }
+    }
+
+    /// Whether the topic file or the journal changed since `outlook` was taken.
+    pub(crate) fn changed_since(&self, outlook: &Outlook) -> bool {
+        let topic = FileId::at(&self.topic_path).ok().flatten();
+        let journal_len = std::fs::metadata(&self.journal_path).map_or(0, |m| m.len());
+        topic != outlook.topic || journal_len != outlook.journal_len
+    }
+
+    /// Runs `work` holding the group's lock, between reading and writing the journal.
+    async fn locked<T>(
+        &self,
+        core: &mut Core,
+        work: impl FnOnce(&Self, &mut Core, &mut Vec<Record>) -> io::Result<T>,
+    ) -> Result<T, BusError> {
+        let io_error = |e| BusError::io("cannot update the group journal", &self.journal_path, e);
+        lock_exclusive(&self.lock).await.map_err(io_error)?;
+        let result = self.locked_sync(core, work);
+        let _ = lock::unlock(&self.lock);
+        let (value, wrote) = result.map_err(io_error)?;
+        if wrote && self.options.fsync {
+            if let Some(journal) = core
+                .journal
+                .as_ref()
+                .map(File::try_clone)
+                .transpose()
+                .map_err(io_error)?
+            {
+                tokio::task::spawn_blocking(move || journal.sync_data())
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(io_error)?;
+            }
+        }
+        Ok(value)
+    }
+
+    fn locked_sync<T>(
+        &self,
+        core: &mut Core,
+        work: impl FnOnce(&Self, &mut Core, &mut Vec<Record>) -> io::Result<T>,
+    ) -> io::Result<(T, bool)> {
+        self.catch_up(core)?;
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut records = Vec::new();
+        let mut replies = Vec::with_capacity(pending.len());
+        let mut readied = false;
+        for p in pending {
+            let outcome = settle_one(&mut core.state, &p.settle, &mut records);
+            readied |= matches!(p.settle.op, Op::Nack { .. } | Op::Release) && outcome.is_ok();
+            replies.push((p.reply, outcome));
+        }
+        let value = work(self, core, &mut records);
+        let written = match &value {
+            Ok(_) => self.write(core, &records),
+            Err(_) => Ok(()),
+        };
+        let failed = value
+            .as_ref()
+            .err()
+            .or(written.as_ref().err())
+            .map(ToString::to_string);
+        for (reply, outcome) in replies {
+            let outcome = match &failed {
+                Some(e) => Err(e.clone()),
+                None => outcome,
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            } else if let Err(e) = outcome {
+                tracing::warn!(topic = %self.topic, group = %self.name, error = %e,
+                    "a dropped delivery could not be given back; it comes back after its lease");
+            }
+        }
+        written?;
+        if readied {
+            self.ready.notify_waiters();
+        }
+        Ok((value?, !records.is_empty()))
+    }
+
+    /// Reads and applies what was appended to the journal since we last looked. Holding the lock.
+    fn catch_up(&self, core: &mut Core) -> io::Result<()> {
+        let reopen = match &core.journal {
+            None => true,
+            // Compacted by another process: the file we have open was renamed over.
+            Some(j) => j.metadata()?.nlink() == 0,
+        };
+        if reopen {
+            core.journal = Some(open_journal(&self.journal_path)?);
+            core.jpos = 0;
+            core.state = GroupState::default();
+        }
+        let Some(journal) = &core.journal else {
+            return Ok(());
+        };
+        let len = journal.metadata()?.len();
+        if len <= core.jpos {
+            if len < core.jpos {
+                // Shrunk without a rename: someone edited it. Start over from what it holds.
+                core.jpos = 0;
+                core.state = GroupState::default();
+                return self.catch_up(core);
+            }
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; usize::try_from(len - core.jpos).map_err(io::Error::other)?];
+        journal.read_exact_at(&mut bytes, core.jpos)?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if complete < bytes.len() {
+            // Every writer holds the lock we hold now, so this is a record cut off by a crash.
+            tracing::warn!(path = %self.journal_path.display(),
+                "removing a group record cut off by a crash");
+            journal.set_len(core.jpos + complete as u64)?;
+        }
+        for line in bytes[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            match std::str::from_utf8(line).ok().and_then(Record::decode) {
+                Some(record) => core.state.apply(&record),
+                None => tracing::warn!(path = %self.journal_path.display(),
+                    record = %String::from_utf8_lossy(line), "skipping an unreadable group record"),
+            }
+        }
+        core.jpos += complete as u64;
+        Ok(())
+    }
+
+    /// Appends `records` with one write, then compacts the journal when it has grown large.
+    fn write(&self, core: &mut Core, records: &[Record]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::with_capacity(records.len() * 32);
+        for r in records {
+            r.encode(&mut text);
+        }
+        let Some(mut journal) = core.journal.as_ref() else {
+            return Err(io::Error::other("the journal is not open"));
+        };
+        if let Err(e) = journal.write_all(text.as_bytes()) {
+            // Our state is ahead of the file now: take back any partial write and re-read it all.
+            let _ = journal.set_len(core.jpos);
+            core.journal = None;
+            return Err(e);
+        }
+        core.jpos += text.len() as u64;
+        if core.jpos > COMPACT_AT {
+            if let Err(e) = self.compact(core) {
+                tracing::warn!(path = %self.journal_path.display(), error = %e,
+                    "cannot compact the group journal; it keeps growing");
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the journal with a snapshot of the state. Holding the lock.
+    fn compact(&self, core: &mut Core) -> io::Result<()> {
+        let snapshot = core.state.snapshot();
+        let tmp = self.journal_path.with_file_name("journal.new");
+        let mut file = File::create(&tmp)?;
+        file.write_all(snapshot.as_bytes())?;
+        if self.options.fsync {
+            file.sync_data()?;
+        }
+        std::fs::rename(&tmp, &self.journal_path)?;
+        if self.options.fsync {
+            if let Some(parent) = self.journal_path.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        core.journal = Some(open_journal(&self.journal_path)?);
+        core.jpos = snapshot.len() as u64;
+        Ok(())
+    }
+
+    /// Chooses what to hand out: due lines first, then new ones. Holding the lock.
+    fn select(
+        &self,
+        core: &mut Core,
+        max: usize,
+        records: &mut Vec<Record>,
+    ) -> io::Result<(Vec<Claimed>, Outlook)> {
+        let now = now_ms();
+        let mut claimed = Vec::new();
+        let current = core.reader.current()?;
+        let Some(file) = self.bind(core, current, records) else {
+            return Ok((claimed, self.outlook(core, current, 0, true, None)));
+        };
+        if !core.reader.open(file)? {
+            // Replaced between our look and the open: next time.
+            return Ok((
+                claimed,
+                self.outlook(core, current, 0, false, Some(now + 10)),
+            ));
+        }
+        let deadline = now + self.lease_ms();
+        let due: Vec<_> = core.state.due(now).take(max).collect();
+        for (off, entry) in due {
+            match core.reader.read_line(off, entry.end) {
+                Ok(payload) => {
+                    let count = entry.count + 1;
+                    push(
+                        core,
+                        records,
+                        Record::Claim {
+                            off,
+                            end: entry.end,
+                            count,
+                            deadline,
+                        },
+                    );
+                    claimed.push(Claimed {
+                        file,
+                        off,
+                        count,
+                        payload,
+                        at: Instant::now(),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(path = %self.topic_path.display(), offset = off, error = %e,
+                        "cannot read a line the group handed out before; it is dropped from the group");
+                    push(core, records, Record::Ack { off });
+                }
+            }
+        }
+        let mut tail = Tail::More;
+        let mut wake_at = None;
+        if claimed.len() < max {
+            let mut lines = Vec::new();
+            let cursor = core.state.cursor;
+            tail = core
+                .reader
+                .lines_from(cursor, max - claimed.len(), &mut lines)?;
+            if let Tail::Partial { off, size } = tail {
+                match self.truncated(core, off, size)? {
+                    Ok(()) => {
+                        tracing::warn!(path = %self.topic_path.display(), offset = off,
+                            "the last line has no newline and nobody is writing it; delivering it as it is");
+                        let payload = core.reader.read_line(off, size)?;
+                        lines.push(super::reader::Line {
+                            off,
+                            end: size,
+                            payload,
+                        });
+                        tail = Tail::End;
+                    }
+                    Err(retry_at) => wake_at = Some(retry_at),
+                }
+            } else {
+                core.partial = None;
+            }
+            for line in lines {
+                push(
+                    core,
+                    records,
+                    Record::Claim {
+                        off: line.off,
+                        end: line.end,
+                        count: 1,
+                        deadline,
+                    },
+                );
+                claimed.push(Claimed {
+                    file,
+                    off: line.off,
+                    count: 1,
+                    payload: line.payload,
+                    at: Instant::now(),
+                });
+            }
+        }
+        let exhausted = claimed.is_empty() && tail == Tail::End && !core.state.delayed(now);
+        let wake_at = match (wake_at, core.state.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let outlook = self.outlook(core, current, claimed.len(), exhausted, wake_at);
+        Ok((claimed, outlook))
+    }
+
+    fn outlook(
+        &self,
+        core: &Core,
+        topic: Option<(FileId, u64)>,
+        claimed: usize,
+        exhausted: bool,
+        wake_at: Option<u64>,
+    ) -> Outlook {
+        Outlook {
+            claimed,
+            exhausted,
+            wake_at,
+            topic,
+            journal_len: core.jpos, // updated once this claim's records are written
+        }
+    }
+
+    /// Makes the group read the file the topic path names now, starting over when it is another
+    /// file than before. `None` when there is no file.
+    fn bind(
+        &self,
+        core: &mut Core,
+        current: Option<(FileId, u64)>,
+        records: &mut Vec<Record>,
+    ) -> Option<FileId> {
+        let Some((id, len)) = current else {
+            if !core.warned_missing {
+                tracing::warn!(path = %self.topic_path.display(), group = %self.name,
+                    "the topic file is missing (deleted?); waiting for it to be created again");
+                core.warned_missing = true;
+            }
+            return None;
+        };
+        core.warned_missing = false;
+        match core.state.file {
+            Some(bound) if bound == id && len >= core.state.cursor => {}
+            bound => {
+                if bound.is_some() {
+                    tracing::warn!(path = %self.topic_path.display(), group = %self.name,
+                        unacked = core.state.len(),
+                        "the topic file was replaced or truncated; the group reads the new one from \
+                         its first line, and the unacked lines of the old one are gone");
+                }
+                core.reader.reset();
+                core.partial = None;
+                push(core, records, Record::Bind(id));
+            }
+        }
+        Some(id)
+    }
+
+    /// Whether the line without newline at `off..size` is truncated: unchanged for `partial_wait`
+    /// and not being written by a taskbus producer. `Err(when)` says when to look again.
+    fn truncated(&self, core: &mut Core, off: u64, size: u64) -> io::Result<Result<(), u64>> {
+        let since = match core.partial {
+            Some((o, s, since)) if o == off && s == size => since,
+            _ => {
+                let now = Instant::now();
+                core.partial = Some((off, size, now));
+                now
+            }
+        };
+        let waited = since.elapsed();
+        if waited < self.options.partial_wait {
+            return Ok(Err(now_ms() + ms(self.options.partial_wait - waited) + 1));
+        }
+        let Some(file) = core.reader.file() else {
+            return Ok(Err(now_ms() + 10));
+        };
+        if !lock::try_lock_shared(file)? {
+            return Ok(Err(now_ms() + 10)); // a producer is writing it right now
+        }
+        let len = file.metadata().map(|m| m.len());
+        let _ = lock::unlock(file);
+        if len? != size {
+            return Ok(Err(now_ms()));
+        }
+        core.partial = None;
+        Ok(Ok(()))
+    }
+}
+
+/// Validates a change against the current state and records it.
+fn settle_one(state: &mut GroupState, s: &Settle, records: &mut Vec<Record>) -> Result<(), String> {
+    if state.file != Some(s.file) {
+        return match s.op {
+            Op::Extend { .. } => {
+                Err("the topic file was replaced since this delivery; it is gone".to_owned())
+            }
+            _ => Ok(()),
+        };
+    }
+    let (off, count) = (s.off, s.count);
+    let record = match s.op {
+        Op::Ack => state.entry(off).map(|_| Record::Ack { off }),
+        Op::Nack { not_before } => state.holds(off, count).then_some(Record::Nack {
+            off,
+            count,
+            not_before,
+        }),
+        Op::Release => state
+            .holds(off, count)
+            .then_some(Record::Release { off, count }),
+        Op::Extend { deadline } => {
+            if !state.holds(off, count) {
+                return Err(
+                    "its lease ran out and it was handed to another consumer (or acked); \
+                     call in_progress more often than the bus's lease"
+                        .to_owned(),
+                );
+            }
+            Some(Record::Extend {
+                off,
+                count,
+                deadline,
+            })
+        }
+    };
+    if let Some(record) = record {
+        state.apply(&record);
+        records.push(record);
+    }
+    Ok(())
+}
+
+fn push(core: &mut Core, records: &mut Vec<Record>, record: Record) {
+    core.state.apply(&record);
+    records.push(record);
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Ack => "ack",
+        Op::Nack { .. } => "nack",
+        Op::Release => "release",
+        Op::Extend { .. } => "in_progress",
+    }
+}
+
+fn open_journal(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+}
