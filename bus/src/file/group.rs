@@ -24,9 +24,6 @@ use super::topic::{lock_exclusive, FileId};
 use super::{lock, ms, now_ms, FileOptions};
 use crate::BusError;
 
-/// The journal is rewritten as a snapshot once it grows past this.
-const COMPACT_AT: u64 = 8 * 1024 * 1024;
-
 /// A change to one delivery.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
@@ -101,6 +98,8 @@ struct Core {
     /// A last line without newline, first seen at that size at that instant.
     partial: Option<(u64, u64, Instant)>,
     warned_missing: bool,
+    /// The size of the last snapshot written, so a large one is not rewritten at every change.
+    snapshot_len: u64,
 }
 
 impl Group {
@@ -136,6 +135,7 @@ impl Group {
                 reader: TopicReader::new(topic_path.clone()),
                 partial: None,
                 warned_missing: false,
+                snapshot_len: 0,
             }),
             topic_path,
             pending: Mutex::new(Vec::new()),
@@ -384,7 +384,7 @@ impl Group {
             return Err(e);
         }
         core.jpos += text.len() as u64;
-        if core.jpos > COMPACT_AT {
+        if core.jpos > self.options.compact_at.max(2 * core.snapshot_len) {
             if let Err(e) = self.compact(core) {
                 tracing::warn!(path = %self.journal_path.display(), error = %e,
                     "cannot compact the group journal; it keeps growing");
@@ -410,6 +410,7 @@ impl Group {
         }
         core.journal = Some(open_journal(&self.journal_path)?);
         core.jpos = snapshot.len() as u64;
+        core.snapshot_len = core.jpos;
         Ok(())
     }
 

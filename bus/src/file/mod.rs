@@ -19,6 +19,7 @@
 //! | `fsync` | `false` | `true`: `send`, ack and nack return only once the data is on disk (`fdatasync`), so they survive a machine crash |
 //! | `poll` | `10ms` | the longest an idle consumer waits before looking for lines appended by other processes (it looks sooner right after activity, and at once for sends of its own process) |
 //! | `partial_wait` | `1s` | how long a last line without its newline, that no taskbus producer is writing, may stay unchanged before it is taken as truncated (see below) |
+//! | `compact_at` | `8388608` | a group journal longer than this many bytes is compacted |
 //!
 //! ## How processes share a directory
 //!
@@ -33,7 +34,7 @@
 //!   processes appended since, so the members of a group never take the same line twice. A process
 //!   batches: one lock and one `write` claim up to `max_in_flight` lines, or settle every ack and nack
 //!   waiting at that moment. The journal is compacted (rewritten as a snapshot and renamed over)
-//!   when it passes 8 MiB.
+//!   when it passes `compact_at` bytes; other processes notice the rename and read the snapshot.
 //! - A new group starts at the first line of the file (replay). Each group has its own journal, so
 //!   groups never take from each other.
 //! - **Leases.** A delivery not settled within `lease` can be taken by any member of the group,
@@ -112,6 +113,7 @@ pub(crate) struct FileOptions {
     pub(crate) fsync: bool,
     pub(crate) poll: Duration,
     pub(crate) partial_wait: Duration,
+    pub(crate) compact_at: u64,
 }
 
 impl Default for FileOptions {
@@ -121,6 +123,7 @@ impl Default for FileOptions {
             fsync: false,
             poll: Duration::from_millis(10),
             partial_wait: Duration::from_secs(1),
+            compact_at: 8 * 1024 * 1024,
         }
     }
 }
@@ -144,6 +147,9 @@ impl FileOptions {
         }
         if let Some(wait) = url.take_duration("partial_wait")? {
             options.partial_wait = wait;
+        }
+        if let Some(bytes) = url.take_parsed::<u64>("compact_at")? {
+            options.compact_at = bytes.max(1024);
         }
         Ok(options)
     }
