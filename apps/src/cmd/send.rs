@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use taskbus_bus::{Bus, Task};
+use taskbus_bus::{check_name, Bus, Task};
 
 use super::failure::usage;
 use super::settings::{fill_from_file, key_value};
@@ -77,6 +77,9 @@ that line were sent (their ids are printed) and nothing from it on.";
 /// Runs `taskbus send`.
 pub(crate) async fn run(mut args: Args, global: &Global) -> anyhow::Result<()> {
     fill_from_file!(args.options, global.file.send; topic, in_flight);
+    if let Some(topic) = args.options.topic.as_deref().or(args.kind.as_deref()) {
+        check_name("topic", topic).map_err(|e| usage(format!("{e} (from --topic or --type)")))?;
+    }
     let bus = Bus::connect(&global.bus).await?;
     let mut sender = Sender {
         bus: bus.clone(),
@@ -227,13 +230,10 @@ impl Sender {
             task.created = Some(taskbus_bus::task::time::now());
         }
         self.apply_meta(&mut task);
-        let topic = match (&self.topic, task.kind.as_str()) {
-            (Some(topic), _) => topic.clone(),
-            (None, "") => anyhow::bail!(
-                "line {number} of {name} has no \"type\"; give it one, or send with --topic TOPIC"
-            ),
-            (None, kind) => kind.to_owned(),
-        };
+        let topic = self.topic.clone().unwrap_or_else(|| task.kind.clone());
+        check_name("topic", &topic).map_err(|e| {
+            anyhow::anyhow!("line {number} of {name}: {e}; or send it with --topic TOPIC")
+        })?;
         Ok(Some(Line {
             number,
             topic,

@@ -33,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
     // Returns once the bus has stored every task (on stdio:, once they are written to stdout).
     bus.send_all("hello", &tasks, 16).await?;
     bus.close().await?;
-    eprintln!("hello-taskmaster: sent {count} hello tasks to {}", bus.url());
+    eprintln!(
+        "hello-taskmaster: sent {count} hello tasks to {}",
+        bus.url()
+    );
     Ok(())
 }

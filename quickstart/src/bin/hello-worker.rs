@@ -35,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
     // Take `hello` tasks from the `hello` topic, one at a time; done tasks go to `done`.
     // Ctrl-C (or SIGTERM) finishes the task in hand, then exits; on stdio: the end of input does.
     let options = LauncherOptions::default().task_type("hello");
-    let report = Launcher::new(bus.clone(), "hello", options).run(worker).await?;
+    let report = Launcher::new(bus.clone(), "hello", options)
+        .run(worker)
+        .await?;
     eprintln!("hello-worker: {report}");
     bus.close().await?;
     Ok(())
