@@ -23,3 +23,5 @@ pub mod retry;
 pub mod template;
 
 pub use error::{ConfigError, ScheduleError, TaskmasterError, TemplateError};
+/// Time zones (IANA names), as rules and backloads use them.
+pub use chrono_tz::Tz;

@@ -24,6 +24,17 @@ pub enum Step {
     Month,
 }
 
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Hour => "hour",
+            Step::Day => "day",
+            Step::Week => "week",
+            Step::Month => "month",
+        })
+    }
+}
+
 impl FromStr for Step {
     type Err = String;
 

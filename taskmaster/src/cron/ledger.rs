@@ -278,3 +278,66 @@ impl TickLedger for MemoryLedger {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[tokio::test]
+    async fn one_claim_wins_among_replicas_sharing_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let tick = utc("2024-01-02T10:00:00Z");
+        let mut handles = Vec::new();
+        for _ in 0..8 {
+            let ledger = DirLedger::new(dir.path(), DEFAULT_LEASE).unwrap();
+            handles.push(tokio::spawn(async move { ledger.claim("r", tick).await.unwrap() }));
+        }
+        let mut outcomes = Vec::new();
+        for h in handles {
+            outcomes.push(h.await.unwrap());
+        }
+        assert_eq!(outcomes.iter().filter(|c| **c == Claim::Won).count(), 1, "{outcomes:?}");
+        let a = DirLedger::new(dir.path(), DEFAULT_LEASE).unwrap();
+        assert_eq!(a.claim("r", tick).await.unwrap(), Claim::Busy);
+        a.mark_sent("r", tick).await.unwrap();
+        assert_eq!(a.claim("r", tick).await.unwrap(), Claim::Done);
+        assert_eq!(a.last_sent("r").await.unwrap(), Some(tick));
+        assert_eq!(a.last_sent("other").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_stale_claim_is_taken_over_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tick = utc("2024-01-02T10:00:00Z");
+        let dead = DirLedger::new(dir.path(), Duration::from_millis(50)).unwrap();
+        assert_eq!(dead.claim("r", tick).await.unwrap(), Claim::Won);
+        let b = DirLedger::new(dir.path(), Duration::from_millis(50)).unwrap();
+        assert_eq!(b.claim("r", tick).await.unwrap(), Claim::Busy);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(b.claim("r", tick).await.unwrap(), Claim::Won);
+        assert_eq!(b.claim("r", tick).await.unwrap(), Claim::Busy, "the new claim is fresh");
+        b.release("r", tick).await.unwrap();
+        assert_eq!(b.claim("r", tick).await.unwrap(), Claim::Won);
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_the_newest_sent_and_refuses_older_ticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = DirLedger::new(dir.path(), DEFAULT_LEASE).unwrap();
+        for h in 0..5 {
+            let t = utc("2024-01-02T00:00:00Z") + chrono::Duration::hours(h);
+            assert_eq!(l.claim("r", t).await.unwrap(), Claim::Won);
+            l.mark_sent("r", t).await.unwrap();
+        }
+        l.prune("r", utc("2024-01-02T10:00:00Z")).await.unwrap();
+        assert_eq!(l.last_sent("r").await.unwrap(), Some(utc("2024-01-02T04:00:00Z")));
+        let left = std::fs::read_dir(dir.path().join("r")).unwrap().count();
+        assert_eq!(left, 2, "the newest .sent and the horizon");
+        assert_eq!(l.claim("r", utc("2024-01-02T09:00:00Z")).await.unwrap(), Claim::Done);
+        assert_eq!(l.claim("r", utc("2024-01-02T10:00:00Z")).await.unwrap(), Claim::Won);
+    }
+}

@@ -26,6 +26,16 @@ pub enum CatchUp {
     All,
 }
 
+impl std::fmt::Display for CatchUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CatchUp::None => "none",
+            CatchUp::Latest => "latest",
+            CatchUp::All => "all",
+        })
+    }
+}
+
 impl std::str::FromStr for CatchUp {
     type Err = String;
 

@@ -72,7 +72,8 @@ impl RetryService {
     }
 
     /// Runs until `shutdown` (or until a finite done topic ends and every pending retry is sent).
-    /// On shutdown, pending retries are handed back to the bus for another replica or the next start.
+    /// On shutdown, held retries are nacked at once, for another replica or the next start; a
+    /// killed app's held retries come back when their lease runs out.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TaskmasterError> {
         let options = ConsumerOptions::group(&self.config.group).max_in_flight(self.options.max_pending);
         let mut sub = self.bus.subscribe_with(&self.config.done_topic, options).await?;
@@ -152,11 +153,11 @@ impl Ctx {
             tokio::select! {
                 () = self.clock.sleep_until(due.min(now + keepalive)) => {}
                 () = self.stop.cancelled() => {
-                    let left = (due - self.clock.now()).to_std().unwrap_or_default();
-                    let delay = self.caps.nack_delay.then_some(left);
+                    // Back to the group at once: another replica, or the next start, holds it again
+                    // and computes the same due time from the task.
                     tracing::info!(id = %task.id, attempt = task.attempt(), %due,
                         "shutting down: pending retry handed back to the bus");
-                    settle(received.nack(delay).await);
+                    settle(received.nack(None).await);
                     return;
                 }
             }
