@@ -1,4 +1,5 @@
 //! The conformance suite on the `file://` bus, with every case, each in a directory of its own.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ impl Harness for FileHarness {
             self.dir.path().display(),
             LEASE.as_millis()
         );
-        Bus::connect(&url).await.expect("the file bus connects to a temporary directory")
+        Bus::connect(&url)
+            .await
+            .expect("the file bus connects to a temporary directory")
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -1,6 +1,7 @@
 //! The `file://` bus facing bad input: malformed and truncated lines, a topic file deleted under a
 //! consumer, a directory it cannot write, bad names and URLs. Each gets a clear error or a dead
 //! letter, and no other task is lost.
+#![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

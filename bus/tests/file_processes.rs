@@ -1,6 +1,7 @@
 //! Real OS processes on one `file://` directory: producers append while consumers of one group share
 //! the topic. The test binary runs itself again with `FILE_TEST_ROLE` set to play a producer or a
 //! consumer.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;

@@ -1,5 +1,6 @@
 //! `stdio:` in a real process: tasks in on stdin, done tasks out on stdout, a clean end at EOF. The
 //! test binary runs itself again with `FILE_TEST_ROLE=stdio-worker` to be that process.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};

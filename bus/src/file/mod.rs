@@ -225,6 +225,7 @@ pub(crate) fn ms(duration: Duration) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
