@@ -33,14 +33,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .done_topic(format!("{topic}-done"))
         .finite(true);
     let started = Instant::now();
-    let report = Launcher::new(bus.clone(), &topic, options).run(worker).await?;
+    let report = Launcher::new(bus.clone(), &topic, options)
+        .run(worker)
+        .await?;
     let secs = started.elapsed().as_secs_f64();
     bus.close().await?;
     #[allow(clippy::cast_precision_loss)]
     let rate = |secs: f64| n as f64 / secs;
     println!("bus {url}: {n} tasks, max_in_progress {slots}");
-    println!("  fill  {:>10.0} tasks/s ({fill_secs:.2}s)", rate(fill_secs));
-    println!("  drain {:>10.0} tasks/s ({secs:.2}s) through the Launcher", rate(secs));
+    println!(
+        "  fill  {:>10.0} tasks/s ({fill_secs:.2}s)",
+        rate(fill_secs)
+    );
+    println!(
+        "  drain {:>10.0} tasks/s ({secs:.2}s) through the Launcher",
+        rate(secs)
+    );
     println!("  {report}");
     Ok(())
 }

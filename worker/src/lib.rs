@@ -4,31 +4,11 @@
 //! with at-least-once delivery — an input task is acked only after its done task is confirmed published,
 //! so a crashed or killed worker never loses a task.
 //!
-//! A complete worker binary:
+//! A complete worker binary (`examples/hello.rs`; with no `TASKBUS_BUS` it reads tasks from stdin
+//! and writes done tasks to stdout, and exits 0 when stdin ends):
 //!
-//! ```no_run
-//! use taskbus_bus::Bus;
-//! use taskbus_worker::{from_info, Launcher, LauncherOptions, Outcome};
-//!
-//! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     // `file://./data`, `nats://127.0.0.1:4222`, … : here tasks on stdin, done tasks on stdout.
-//!     let url = std::env::var("TASKBUS_BUS").unwrap_or_else(|_| "stdio:".to_owned());
-//!     let bus = Bus::connect(&url).await?;
-//!
-//!     let worker = from_info(|info: String| async move {
-//!         if info.is_empty() {
-//!             return Outcome::error("nobody to greet: set the task's info").no_retry();
-//!         }
-//!         Outcome::complete(format!("hello, {info}!"))
-//!     });
-//!
-//!     let options = LauncherOptions::default().task_type("hello").max_in_progress(8);
-//!     let report = Launcher::new(bus.clone(), "hello", options).run(worker).await?;
-//!     eprintln!("{report}");
-//!     bus.close().await?;
-//!     Ok(())
-//! }
+//! ```
+#![doc = include_str!("../examples/hello.rs")]
 //! ```
 //!
 //! ## The parts

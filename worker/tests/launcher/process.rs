@@ -372,3 +372,78 @@ async fn sigterm_past_the_kill_time_hands_tasks_back_and_a_second_signal_cuts_th
         );
     }
 }
+
+/// The crate docs' example binary, compiled into this test binary to be run as a child process.
+mod hello {
+    include!("../../examples/hello.rs");
+
+    pub(crate) fn run() -> Result<(), Box<dyn std::error::Error>> {
+        main()
+    }
+}
+
+/// The hello example as a process, when `TASKBUS_HELLO_CHILD` is set.
+#[test]
+fn hello_child() {
+    if std::env::var_os("TASKBUS_HELLO_CHILD").is_some() {
+        hello::run().expect("the hello worker runs");
+    }
+}
+
+#[test]
+fn the_hello_example_on_stdio_drains_its_input_and_exits_0() {
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut child = Command::new(exe)
+        .args([
+            "process::hello_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TASKBUS_HELLO_CHILD", "1")
+        .env_remove("TASKBUS_BUS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the hello worker starts");
+    let inputs = [
+        Task::new("hello", "world"),
+        Task::new("hello", ""),
+        Task::new("goodbye", "moon"),
+    ];
+    let mut stdin = child.stdin.take().expect("stdin");
+    for task in &inputs {
+        writeln!(stdin, "{}", task.to_json()).expect("a task written");
+    }
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .expect("the worker ends at the end of its input");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit 0 at the end of input: {}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("stopped (end of input): 3 consumed, 1 complete, 2 error"),
+        "{stderr}"
+    );
+    // The test harness of the child writes its own lines to stdout too (`test … ok`), and the first
+    // done task follows `test process::hello_child ... ` on its line.
+    let done: Vec<Task> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.find("{\"").map(|at| &l[at..]))
+        .map(|l| Task::from_json(l.as_bytes()).expect("a done task"))
+        .collect();
+    assert_eq!(done.len(), 3, "{done:?}");
+    let by_info = |info: &str| done.iter().find(|d| d.info == info).expect("a done task");
+    assert_eq!(by_info("world").msg, "hello, world!");
+    assert_eq!(by_info("world").result, Some(TaskResult::Complete));
+    assert_eq!(by_info("").msg, "nobody to greet: set the task's info");
+    assert_eq!(by_info("").meta.get("no_retry"), Some("true"));
+    assert!(by_info("moon")
+        .msg
+        .starts_with("rejected: type \"goodbye\""));
+}
