@@ -92,7 +92,7 @@ fn next_ticks(rules: &[Rule], n: usize, now: chrono::DateTime<chrono::Utc>) -> S
                 .unwrap_or_else(|e| format!("({e})"));
             let _ = writeln!(
                 out,
-                "  {}  {}  info={info}",
+                "  {}  ({})  info={info}",
                 local.to_rfc3339(),
                 tick.format("%Y-%m-%dT%H:%M:%SZ")
             );
