@@ -4,11 +4,11 @@
 //! with at-least-once delivery — an input task is acked only after its done task is confirmed published,
 //! so a crashed or killed worker never loses a task.
 //!
-//! A complete worker binary (`examples/hello.rs`; with no `TASKBUS_BUS` it reads tasks from stdin
+//! A complete worker binary (`examples/hello/worker.rs`; with no `TASKBUS_BUS` it reads tasks from stdin
 //! and writes done tasks to stdout, and exits 0 when stdin ends):
 //!
 //! ```
-#![doc = include_str!("../examples/hello.rs")]
+#![doc = include_str!("../examples/hello/worker.rs")]
 //! ```
 //!
 //! ## The parts

@@ -375,7 +375,7 @@ async fn sigterm_past_the_kill_time_hands_tasks_back_and_a_second_signal_cuts_th
 
 /// The crate docs' example binary, compiled into this test binary to be run as a child process.
 mod hello {
-    include!("../../examples/hello.rs");
+    include!("../../examples/hello/worker.rs");
 
     pub(crate) fn run() -> Result<(), Box<dyn std::error::Error>> {
         main()
