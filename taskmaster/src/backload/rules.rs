@@ -90,7 +90,7 @@ pub struct Backload {
     pub by: Step,
     /// Take every n-th step (1: all).
     pub every: u32,
-    /// The local time of day of each time, for day, week and month steps.
+    /// The local time of day of each time, for day, week and month steps (applied to `to` as well).
     pub at: Option<NaiveTime>,
     /// Hours to keep.
     pub hours: HourFilter,
@@ -107,16 +107,18 @@ impl Backload {
     /// The times, in order (newest first when reversed), filtered by hour; fails past `max` times.
     pub fn times(&self, max: usize) -> Result<Vec<DateTime<Tz>>, usize> {
         let tz = self.from.timezone();
-        let start = match (self.by, self.at) {
-            (Step::Hour, _) | (_, None) => self.from,
-            (_, Some(at)) => resolve(tz, self.from.date_naive().and_time(at)).unwrap_or(self.from),
+        // With a time of day, both ends take it: `--to 2024-03-01 --at 06:30` includes 06:30 that day.
+        let with_at = |t: DateTime<Tz>| match (self.by, self.at) {
+            (Step::Hour, _) | (_, None) => t,
+            (_, Some(at)) => resolve(tz, t.date_naive().and_time(at)).unwrap_or(t),
         };
+        let (start, end) = (with_at(self.from), with_at(self.to));
         let mut out = Vec::new();
         let step = i64::from(self.every.max(1));
         for n in 0i64.. {
             let k = if self.reversed() { -n * step } else { n * step };
             let Some(t) = self.nth(start, k) else { break };
-            if (!self.reversed() && t > self.to) || (self.reversed() && t < self.to) {
+            if (!self.reversed() && t > end) || (self.reversed() && t < end) {
                 break;
             }
             if self.hours.keeps(t.hour()) {
