@@ -93,14 +93,20 @@ impl Subscription {
                     "delivered {} times, more than max_deliveries={max}",
                     delivery.delivery_count()
                 );
-                dead_letter(&self.bus, &self.topic, &self.group, delivery, reason).await?;
+                dead_letter_to_end(&self.bus, &self.topic, &self.group, delivery, reason).await?;
                 continue;
             }
             match Task::from_json(&delivery.payload) {
                 Ok(task) => return Ok(Some(Received { task, delivery })),
                 Err(e) => {
-                    dead_letter(&self.bus, &self.topic, &self.group, delivery, e.to_string())
-                        .await?;
+                    dead_letter_to_end(
+                        &self.bus,
+                        &self.topic,
+                        &self.group,
+                        delivery,
+                        e.to_string(),
+                    )
+                    .await?;
                 }
             }
         }
@@ -109,6 +115,27 @@ impl Subscription {
     /// Stops fetching; tasks already received can still be acked.
     pub async fn close(&mut self) -> Result<(), BusError> {
         self.consumer.close().await
+    }
+}
+
+/// Runs [`dead_letter`] in a task of its own, so that it completes (the dead letter published *and*
+/// the delivery acked) even when the caller stops waiting, as a `select!` over [`Subscription::next`]
+/// does: cancelled between the two, the delivery would be dropped unacked, then delivered and
+/// dead-lettered again.
+async fn dead_letter_to_end(
+    bus: &Bus,
+    topic: &str,
+    group: &str,
+    delivery: Delivery,
+    reason: String,
+) -> Result<(), BusError> {
+    let (bus, topic, group) = (bus.clone(), topic.to_owned(), group.to_owned());
+    let task =
+        tokio::spawn(async move { dead_letter(&bus, &topic, &group, delivery, reason).await });
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(BusError::broker("dead-lettering a message", e)),
     }
 }
 
