@@ -16,7 +16,8 @@
 //! | `partitions` | `3` | partitions of the topics this bus creates (more partitions, more members of a group can work at once) |
 //! | `replication` | `-1` | replication factor of the topics it creates; `-1` is the cluster's default |
 //! | `session_timeout` | `10s` | how long a member that stopped heartbeating (a crashed worker) keeps its partitions; its unfinished messages then go to another member |
-//! | `rebalance_wait` | `session_timeout` | how long a rebalance waits for a handed-out message of a partition being taken away; `in_progress` renews this lease |
+//! | `rebalance_wait` | `30s` | how long a rebalance waits for a handed-out message of a partition being taken away; `in_progress` renews this lease |
+//! | `join_wait` | `session_timeout` | how long opening a consumer waits for the group to assign it partitions (`0s`: not at all) |
 //! | `commit_interval` | `1s` | how often finished offsets are committed (`auto.commit.interval.ms`) |
 //! | `linger` | `5ms` | how long the producer waits to batch messages (`linger.ms`) |
 //! | `compression` | `none` | `none`, `gzip`, `snappy`, `lz4` or `zstd` |
@@ -34,6 +35,8 @@
 //! - **Topics** are created through the admin API with `partitions` and `replication` when a send
 //!   or a consumer first needs them (brokers need not auto-create topics).
 //! - **Groups** are Kafka consumer groups. A new group starts at the earliest message (replay).
+//!   Opening a consumer waits (up to `join_wait`) until the group has assigned it partitions, so
+//!   members opened one after the other have settled their rebalances before work arrives.
 //! - **Ack.** Kafka commits one offset per partition: "everything below is done". Messages finish
 //!   out of order, so each partition's offset is committed only up to the lowest message not yet
 //!   acked, and a slow message holds the commit back while later ones finish. After a crash, the
@@ -146,11 +149,14 @@ impl Backend for KafkaBackend {
             .name(format!("kafka-{topic}"))
             .spawn(move || pump.run())
             .map_err(|e| BusError::broker(op(), format!("cannot start its poll thread: {e}")))?;
-        let mut consumers = self.consumers();
-        consumers.retain(|(_, t)| !t.is_finished());
-        consumers.push((shared.clone(), thread));
-        drop(consumers);
-        Ok(Box::new(KafkaConsumer::new(shared, rx, self.producer.clone())))
+        {
+            let mut consumers = self.consumers();
+            consumers.retain(|(_, t)| !t.is_finished());
+            consumers.push((shared.clone(), thread));
+        }
+        let consumer = KafkaConsumer::new(shared.clone(), rx, self.producer.clone());
+        joined(&shared, settings.join_wait).await;
+        Ok(Box::new(consumer))
     }
 
     async fn close(&self) -> Result<(), BusError> {
@@ -166,5 +172,19 @@ impl Backend for KafkaBackend {
         });
         let _ = joined.await;
         self.producer.flush(Duration::from_secs(30)).await
+    }
+}
+
+/// Waits until the group assigned partitions to the consumer (it may get none, when the group has
+/// more members than the topic partitions), or `limit` passed. Then a send right after subscribing
+/// finds the consumer a member, and the group does not rebalance under the first messages.
+async fn joined(shared: &Shared, limit: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let assigned = shared.lock().assigned;
+        if assigned || started.elapsed() >= limit {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -238,6 +238,7 @@ impl Pump {
     fn fetched(&self, message: &BorrowedMessage<'_>) -> Option<(Instant, Fetched)> {
         let (partition, offset) = (message.partition(), message.offset());
         let redelivery = Redelivery::read(message.headers());
+        tracing::trace!(topic = %self.shared.topic, partition, offset, ?redelivery, "fetched");
         let mut inner = self.shared.lock();
         if inner.closing || inner.shutdown {
             // Not tracked, so never committed: the partition's next owner gets it.

@@ -23,6 +23,8 @@ pub(super) struct Settings {
     pub(super) session_timeout: Duration,
     /// How long a rebalance waits for in-flight deliveries of partitions taken away.
     pub(super) rebalance_wait: Duration,
+    /// How long opening a consumer waits for its first partition assignment.
+    pub(super) join_wait: Duration,
     /// How often stored offsets are committed.
     pub(super) commit_interval: Duration,
     /// Producer batching delay.
@@ -80,7 +82,8 @@ impl Settings {
             replication,
             rebalance_wait: url
                 .take_duration("rebalance_wait")?
-                .unwrap_or(session_timeout),
+                .unwrap_or(Duration::from_secs(30)),
+            join_wait: url.take_duration("join_wait")?.unwrap_or(session_timeout),
             session_timeout,
             commit_interval: url
                 .take_duration("commit_interval")?
@@ -130,7 +133,10 @@ impl Settings {
             .set("acks", "all")
             .set("linger.ms", millis(self.linger))
             .set("message.timeout.ms", millis(self.send_timeout))
-            .set("compression.codec", &self.compression);
+            .set("compression.codec", &self.compression)
+            // librdkafka refuses messages over 1,000,000 bytes itself, below the brokers' own
+            // limits (Kafka's default `message.max.bytes` is 1 MiB + 12): let the broker decide.
+            .set("message.max.bytes", "8388608");
         self.finish(c)
     }
 
@@ -147,6 +153,8 @@ impl Settings {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", millis(session))
             .set("heartbeat.interval.ms", millis(heartbeat))
+            // A rebalance waits inside `poll` (rebalance_wait, renewed by in_progress): librdkafka
+            // leaves the group if that outlasts this.
             .set(
                 "max.poll.interval.ms",
                 millis((self.rebalance_wait * 2).max(Duration::from_secs(300))),
@@ -240,7 +248,8 @@ mod tests {
         assert_eq!(s.partitions, 3);
         assert_eq!(s.replication, -1);
         assert_eq!(s.session_timeout, Duration::from_secs(10));
-        assert_eq!(s.rebalance_wait, s.session_timeout);
+        assert_eq!(s.rebalance_wait, Duration::from_secs(30));
+        assert_eq!(s.join_wait, s.session_timeout);
         let p = s.producer();
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("linger.ms"), Some("5"));
