@@ -9,6 +9,7 @@
 //! | case | needs | checks |
 //! |---|---|---|
 //! | [`publish_before_subscribe`] | (`replay` for a new group) | tasks sent with no consumer running arrive later |
+//! | [`sender_close_loses_nothing`] | | a task is stored when `send` returns, whatever the sender does next |
 //! | [`ordered_delivery`] | `ordered` | one consumer gets tasks in the order sent |
 //! | [`concurrent_publishers_and_subscribers`] | (`consumer_groups` for 3 consumers) | 4 publishers, 3 consumers of one group, each task once |
 //! | [`many_topics`] | | 20 topics at once, each gets its own |
@@ -21,7 +22,7 @@
 //! | [`crash_without_close_redelivers`] | `lease_redelivery` | unacked tasks of a crashed consumer come back |
 //! | [`in_progress_keeps_lease`] | `lease_redelivery`, `in_progress` | a task being worked on is not handed out again |
 //! | [`redelivery_limit_dead_letters`] | | past `max_deliveries`, a task becomes a dead letter |
-//! | [`undecodable_dead_letters`] | | bytes that are not a task become dead letters; the rest flows |
+//! | [`undecodable_dead_letters`] | | bytes that are not a task become dead letters (on the case's and on the bus's own dead-letter topic); the rest flows |
 //! | [`large_payloads`] | | a 1 MB task and a > 64 KiB task arrive intact |
 //! | [`finite_consumer_ends`] | `end_of_input` | a finite consumer ends after the last task |
 //! | [`broker_restart`] | `persistent`, [`Harness::restart_broker`] | a broker restart mid-stream loses nothing |
@@ -38,7 +39,7 @@ mod restart;
 pub use dead_letters::{redelivery_limit_dead_letters, undecodable_dead_letters};
 pub use flow::{
     concurrent_publishers_and_subscribers, finite_consumer_ends, large_payloads, many_topics,
-    ordered_delivery, publish_before_subscribe, topic_isolation,
+    ordered_delivery, publish_before_subscribe, sender_close_loses_nothing, topic_isolation,
 };
 pub use groups::{each_group_gets_all, group_members_share};
 pub use redelivery::{

@@ -9,9 +9,42 @@
 //! ```
 //!
 //! Each case makes topics and groups with unique names, so cases run in parallel and a persistent
-//! broker's old state never gets in the way. Every case checks the exact set of task ids received:
-//! nothing missing, and duplicates counted and reported. A case that needs a capability the backend
-//! does not declare prints `SKIPPED <case>: needs <capability>` and passes.
+//! broker's old state never gets in the way. Every case checks the exact set of task ids received
+//! with a [`Ledger`]: nothing missing, and duplicates counted and reported (and failed where the
+//! contract rules them out). A case that needs a capability the backend does not declare prints
+//! `SKIPPED <case>: needs <capability>` and passes. Every wait is bounded by a limit derived from
+//! [`Harness::lease`], so a broken backend fails with a message instead of hanging. The list of
+//! cases and what each needs is in [`cases`].
+//!
+//! A harness for the in-process bus, as `bus/tests/conformance_mem.rs` has it:
+//!
+//! ```
+//! use std::time::Duration;
+//! use taskbus_bus::conformance::Harness;
+//! use taskbus_bus::{Bus, Capabilities};
+//!
+//! struct MemHarness(String);
+//!
+//! #[async_trait::async_trait]
+//! impl Harness for MemHarness {
+//!     async fn connect(&self) -> Bus {
+//!         Bus::connect(&self.0).await.expect("mem: always connects")
+//!     }
+//!     fn capabilities(&self) -> Capabilities {
+//!         let mut caps = Capabilities::ALL;
+//!         caps.persistent = false;
+//!         caps
+//!     }
+//!     fn lease(&self) -> Duration {
+//!         Duration::from_millis(400)
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let harness = MemHarness("mem:doc-conformance".to_owned());
+//! taskbus_bus::conformance::cases::nack_redelivers(&harness).await;
+//! # });
+//! ```
 
 use std::time::Duration;
 
@@ -63,6 +96,7 @@ macro_rules! conformance_tests {
     ($harness:expr) => {
         $crate::conformance_tests!($harness; only
             publish_before_subscribe,
+            sender_close_loses_nothing,
             ordered_delivery,
             concurrent_publishers_and_subscribers,
             many_topics,

@@ -1,7 +1,9 @@
 //! What the cases share: unique names, tasks, bounded waits and a consumer loop.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -199,18 +201,47 @@ impl<'h, H: Harness> Ctx<'h, H> {
         sub: Subscription,
         ledger: &Arc<Ledger>,
         who: impl Into<String>,
-    ) -> JoinHandle<Vec<Task>> {
-        tokio::spawn(consume(sub, ledger.clone(), self.limits, who.into()))
+    ) -> Spawned<Vec<Task>> {
+        spawn(consume(sub, ledger.clone(), self.limits, who.into()))
     }
 
-    /// Waits for the spawned consumers, failing as soon as one of them fails.
-    pub(crate) async fn join<T>(&self, handles: Vec<JoinHandle<T>>) -> Vec<T> {
-        let all = futures::future::try_join_all(handles);
-        match self.limits.within("the consumers to finish", all).await {
-            Ok(v) => v,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("{}: a consumer task failed: {e}", self.case()),
+    /// Waits for spawned tasks, failing as soon as one of them fails. Every wait inside them is
+    /// bounded by [`Limits::wait`]; this bound only catches a task that chains several such waits.
+    pub(crate) async fn join<T>(&self, tasks: Vec<Spawned<T>>) -> Vec<T> {
+        let all = futures::future::try_join_all(tasks);
+        match tokio::time::timeout(self.limits.wait * 4, all).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(e)) => panic!("{}: a task of the case failed: {e}", self.case()),
+            Err(_) => panic!(
+                "{}: timed out waiting for the case's tasks to finish",
+                self.case()
+            ),
         }
+    }
+}
+
+/// A task spawned by a case, aborted when dropped, so a case that fails leaves nothing running.
+pub(crate) struct Spawned<T>(JoinHandle<T>);
+
+/// Spawns `fut` as a [`Spawned`] task.
+pub(crate) fn spawn<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Spawned<T> {
+    Spawned(tokio::spawn(fut))
+}
+
+impl<T> Future for Spawned<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -218,17 +249,34 @@ impl<'h, H: Harness> Ctx<'h, H> {
 /// it was sent; then listens [`Limits::settle`] longer for duplicates, closes `sub` and returns the
 /// tasks it received. Fails on an error, an early end, or when the ids do not all arrive in time.
 pub(crate) async fn consume(
-    mut sub: Subscription,
+    sub: Subscription,
     ledger: Arc<Ledger>,
     limits: Limits,
     who: String,
 ) -> Vec<Task> {
+    consume_until(sub, ledger.clone(), vec![ledger], limits, who).await
+}
+
+/// Like [`consume`], but goes on until every ledger of `until` is complete (the dead letters the
+/// subscription produces on the way, for instance).
+pub(crate) async fn consume_until(
+    mut sub: Subscription,
+    ledger: Arc<Ledger>,
+    until: Vec<Arc<Ledger>>,
+    limits: Limits,
+    who: String,
+) -> Vec<Task> {
+    let all_complete = || async {
+        for ledger in &until {
+            ledger.all_received().await;
+        }
+    };
     let mut got = Vec::new();
     let receive = async {
         loop {
             let next = tokio::select! {
                 biased;
-                () = ledger.all_received() => break,
+                () = all_complete() => break,
                 next = sub.next() => next,
             };
             match next {
@@ -252,11 +300,12 @@ pub(crate) async fn consume(
         }
     };
     if tokio::time::timeout(limits.wait, receive).await.is_err() {
+        let reports: Vec<String> = until.iter().map(|l| l.report().to_string()).collect();
         panic!(
             "{}: {who}: timed out after {:?} waiting for every task: {}",
             limits.case,
             limits.wait,
-            ledger.report()
+            reports.join("; ")
         );
     }
     for task in limits.strays(&mut sub).await {

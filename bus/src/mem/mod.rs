@@ -15,7 +15,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BusUrl;
-use crate::{Acker, Backend, BusError, Capabilities, Consumer, ConsumerOptions, Delivery, Outgoing};
+use crate::{
+    Acker, Backend, BusError, Capabilities, Consumer, ConsumerOptions, Delivery, Outgoing,
+};
 
 pub(crate) fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusError> {
     let name = match url.body() {
@@ -85,7 +87,10 @@ impl Broker {
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let mut topics = broker.lock();
-                    if let Some(g) = topics.get_mut(&topic).and_then(|t| t.groups.get_mut(&group)) {
+                    if let Some(g) = topics
+                        .get_mut(&topic)
+                        .and_then(|t| t.groups.get_mut(&group))
+                    {
                         g.delayed -= 1;
                         g.ready.push_back(msg);
                         g.notify.notify_waiters();
@@ -161,6 +166,9 @@ struct MemConsumer {
 impl Consumer for MemConsumer {
     async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
         loop {
+            // A message is usually ready at once, so without this a loop of next and nack never
+            // yields: it would starve its runtime thread and no timeout or abort could stop it.
+            tokio::task::coop::consume_budget().await;
             if self.closed.is_cancelled() {
                 return Ok(None);
             }
@@ -241,7 +249,10 @@ impl Acker for MemAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
         self.settled = true;
         let mut topics = self.broker.lock();
-        if let Some(g) = topics.get_mut(&self.topic).and_then(|t| t.groups.get_mut(&self.group)) {
+        if let Some(g) = topics
+            .get_mut(&self.topic)
+            .and_then(|t| t.groups.get_mut(&self.group))
+        {
             g.in_flight.remove(&self.token);
         }
         Ok(())
@@ -249,7 +260,8 @@ impl Acker for MemAcker {
 
     async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {
         self.settled = true;
-        self.broker.requeue(&self.topic, &self.group, self.token, delay);
+        self.broker
+            .requeue(&self.topic, &self.group, self.token, delay);
         Ok(())
     }
 
@@ -261,7 +273,8 @@ impl Acker for MemAcker {
 impl Drop for MemAcker {
     fn drop(&mut self) {
         if !self.settled {
-            self.broker.requeue(&self.topic, &self.group, self.token, None);
+            self.broker
+                .requeue(&self.topic, &self.group, self.token, None);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::conformance::support::{ids, ledger_for, Ctx};
+use crate::conformance::support::{ids, ledger_for, spawn, Ctx};
 use crate::conformance::{Harness, Ledger};
 use crate::{ConsumerOptions, Task};
 
@@ -34,6 +34,30 @@ pub async fn publish_before_subscribe<H: Harness>(h: &H) {
     let sub = cx.subscribe(&later, &topic, &cx.name("new")).await;
     let got = cx.spawn_consumer(sub, &ledger, "consumer of a new group");
     cx.join(vec![got]).await;
+    ledger.assert_exactly_once();
+}
+
+/// `send` returns once a task is stored: closing the sending connection right after, or dropping it
+/// without closing, loses none of the tasks it sent.
+pub async fn sender_close_loses_nothing<H: Harness>(h: &H) {
+    let cx = Ctx::new("sender_close_loses_nothing", h);
+    let reader = cx.connect().await;
+    let (topic, group) = (cx.name("t"), cx.name("g"));
+    let sub = cx.subscribe(&reader, &topic, &group).await;
+    let closed = cx.tasks("sender closed", 100);
+    let dropped = cx.tasks("sender dropped", 100);
+    let ledger = ledger_for(cx.case(), "sent", &closed);
+    ledger.sent_all(ids(&dropped));
+    let consumer = cx.spawn_consumer(sub, &ledger, "the consumer");
+    let sender = cx.connect().await;
+    cx.send(&sender, &topic, &closed).await;
+    cx.limits
+        .ok("close the sending connection", sender.close())
+        .await;
+    let sender = cx.connect().await;
+    cx.send(&sender, &topic, &dropped).await;
+    drop(sender);
+    cx.join(vec![consumer]).await;
     ledger.assert_exactly_once();
 }
 
@@ -110,7 +134,7 @@ pub async fn concurrent_publishers_and_subscribers<H: Harness>(h: &H) {
     for batch in batches {
         let bus = cx.connect().await;
         let (topic, limits) = (topic.clone(), cx.limits);
-        publishers.push(tokio::spawn(async move {
+        publishers.push(spawn(async move {
             for task in &batch {
                 limits.ok("send a task", bus.send(&topic, task)).await;
             }
@@ -123,27 +147,32 @@ pub async fn concurrent_publishers_and_subscribers<H: Harness>(h: &H) {
     eprintln!("concurrent_publishers_and_subscribers: tasks per consumer {counts:?}");
 }
 
-/// Twenty topics at once, each with its own consumer: each gets exactly its own tasks.
+/// Twenty topics at once on one connection, each with a consumer of its own: each gets exactly its
+/// own tasks.
 pub async fn many_topics<H: Harness>(h: &H) {
     const TOPICS: usize = 20;
     const PER_TOPIC: usize = 10;
     let cx = Ctx::new("many_topics", h);
     let bus = cx.connect().await;
-    let group = cx.name("g");
+    let topics: Vec<String> = (0..TOPICS).map(|t| cx.name(&format!("t{t}"))).collect();
+    // Subscribing can take a broker round trip or a group join: open them all at once.
+    let (cx, bus) = (&cx, &bus);
+    let subs = futures::future::join_all(topics.iter().enumerate().map(|(t, topic)| async move {
+        cx.subscribe(bus, topic, &cx.name(&format!("g{t}"))).await
+    }))
+    .await;
     let mut consumers = Vec::new();
     let mut sends = Vec::new();
-    for t in 0..TOPICS {
-        let topic = cx.name(&format!("t{t}"));
+    for (topic, sub) in topics.into_iter().zip(subs) {
         let tasks = cx.tasks(&topic, PER_TOPIC);
         let ledger = ledger_for(cx.case(), &topic, &tasks);
-        let sub = cx.subscribe(&bus, &topic, &group).await;
         consumers.push(cx.spawn_consumer(sub, &ledger, format!("consumer of {topic}")));
         sends.push((topic, tasks, ledger));
     }
     let all = futures::future::join_all(
         sends
             .iter()
-            .map(|(topic, tasks, _)| cx.send(&bus, topic, tasks)),
+            .map(|(topic, tasks, _)| cx.send(bus, topic, tasks)),
     );
     all.await;
     cx.join(consumers).await;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::Barrier;
 
-use crate::conformance::support::{consume, ledger_for, Ctx};
+use crate::conformance::support::{consume, ledger_for, spawn, Ctx};
 use crate::conformance::Harness;
 use crate::ConsumerOptions;
 
@@ -53,7 +53,7 @@ pub async fn group_members_share<H: Harness>(h: &H) {
         let options = ConsumerOptions::group(&group).max_in_flight(1);
         let mut sub = cx.subscribe_with(&bus, &topic, options).await;
         let (ledger, barrier, limits) = (ledger.clone(), barrier.clone(), cx.limits);
-        members.push(tokio::spawn(async move {
+        members.push(spawn(async move {
             let who = format!("member {m}");
             let what = format!("{who}'s first task while the other members hold theirs unacked");
             let first = limits.next(&mut sub, &what).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::conformance::support::{ids, Ctx, Limits};
+use crate::conformance::support::{ids, spawn, Ctx, Limits};
 use crate::conformance::{Harness, Ledger};
 use crate::{Bus, Subscription, Task};
 
@@ -29,10 +29,10 @@ pub async fn broker_restart<H: Harness>(h: &H) {
     ledger.sent_all(ids(&tasks));
     let sub_bus = cx.connect().await;
     let sub = cx.subscribe(&sub_bus, &topic, &group).await;
-    let consumer = tokio::spawn(consume_through_errors(sub, ledger.clone(), cx.limits));
+    let consumer = spawn(consume_through_errors(sub, ledger.clone(), cx.limits));
     let halfway = Arc::new(Notify::new());
     let pub_bus = cx.connect().await;
-    let publisher = tokio::spawn(publish_through_errors(
+    let publisher = spawn(publish_through_errors(
         pub_bus,
         topic.clone(),
         tasks,
@@ -49,9 +49,7 @@ pub async fn broker_restart<H: Harness>(h: &H) {
         .await;
     if let Err(reason) = restarted {
         eprintln!("SKIPPED broker_restart: needs a harness that can restart its broker ({reason})");
-        publisher.abort();
-        consumer.abort();
-        return;
+        return; // dropping the publisher and the consumer aborts them
     }
     let sends = cx.join(vec![publisher]).await.remove(0);
     let errors = cx.join(vec![consumer]).await.remove(0);
