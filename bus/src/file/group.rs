@@ -18,6 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
+use super::batch::Batch;
 use super::journal::{GroupState, Record};
 use super::reader::{Tail, TopicReader};
 use super::topic::{lock_exclusive, FileId};
@@ -84,7 +85,7 @@ pub(crate) struct Group {
     lock: Arc<File>,
     options: Arc<FileOptions>,
     core: tokio::sync::Mutex<Core>,
-    pending: Mutex<Vec<Pending>>,
+    pending: Batch<Pending>,
     /// Woken when a line became ready again through this process (a nack, a release).
     pub(crate) ready: Notify,
 }
@@ -138,7 +139,7 @@ impl Group {
                 snapshot_len: 0,
             }),
             topic_path,
-            pending: Mutex::new(Vec::new()),
+            pending: Batch::new(),
             ready: Notify::new(),
         })
     }
@@ -161,8 +162,11 @@ impl Group {
         let group = Arc::clone(self);
         let work = tokio::spawn(async move {
             let mut core = group.core.lock().await;
+            let ops = group.pending.drain();
             let (claimed, mut outlook) = group
-                .locked(&mut core, |g, core, records| g.select(core, max, records))
+                .locked(&mut core, ops, |g, core, records| {
+                    g.select(core, max, records)
+                })
                 .await?;
             outlook.journal_len = core.jpos;
             into.lock()
@@ -181,8 +185,6 @@ impl Group {
             settle,
             reply: Some(tx),
         });
-        let group = Arc::clone(self);
-        let _ = tokio::spawn(async move { group.flush().await }).await;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(BusError::broker(
@@ -201,37 +203,52 @@ impl Group {
         }
     }
 
-    /// Queues a change without waiting (from `Drop`); it is written by the next flush.
+    /// Queues a change without waiting for it (from `Drop`).
     pub(crate) fn settle_later(self: &Arc<Self>, settle: Settle) {
         self.queue(Pending {
             settle,
             reply: None,
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+    }
+
+    /// Queues a change and starts a flusher when none runs. Outside a runtime (a drop at the very
+    /// end), the change waits for the next claim or flush.
+    fn queue(self: &Arc<Self>, pending: Pending) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.pending.push_quietly(pending);
+            return;
+        };
+        if self.pending.push(pending) {
+            // A task of its own: a caller that stops waiting cannot leave the lock held.
             let group = Arc::clone(self);
-            runtime.spawn(async move { group.flush().await });
+            runtime.spawn(async move { group.flush_batches().await });
         }
     }
 
-    fn queue(&self, pending: Pending) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pending);
+    /// The flusher: writes queued changes, batch after batch, until none is left.
+    async fn flush_batches(&self) {
+        let mut core = self.core.lock().await;
+        loop {
+            // Let the tasks that are about to ack queue theirs first: bigger batches.
+            tokio::task::yield_now().await;
+            let Some(ops) = self.pending.next_batch() else {
+                return;
+            };
+            if let Err(e) = self.locked(&mut core, ops, |_, _, _| Ok(())).await {
+                tracing::error!(topic = %self.topic, group = %self.name, error = %e,
+                    "cannot write to the group journal");
+            }
+        }
     }
 
-    /// Writes every queued change.
+    /// Writes every queued change now (on close).
     pub(crate) async fn flush(&self) {
         let mut core = self.core.lock().await;
-        if self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
+        if self.pending.is_empty() {
             return;
         }
-        if let Err(e) = self.locked(&mut core, |_, _, _| Ok(())).await {
+        let ops = self.pending.drain();
+        if let Err(e) = self.locked(&mut core, ops, |_, _, _| Ok(())).await {
             tracing::error!(topic = %self.topic, group = %self.name, error = %e,
                 "cannot write to the group journal; unsettled deliveries come back after their lease");
         }
@@ -248,11 +265,17 @@ impl Group {
     async fn locked<T>(
         &self,
         core: &mut Core,
+        ops: Vec<Pending>,
         work: impl FnOnce(&Self, &mut Core, &mut Vec<Record>) -> io::Result<T>,
     ) -> Result<T, BusError> {
         let io_error = |e| BusError::io("cannot update the group journal", &self.journal_path, e);
-        lock_exclusive(&self.lock).await.map_err(io_error)?;
-        let result = self.locked_sync(core, work);
+        if let Err(e) = lock_exclusive(&self.lock).await {
+            for reply in ops.into_iter().filter_map(|p| p.reply) {
+                let _ = reply.send(Err(format!("cannot lock the group: {e}")));
+            }
+            return Err(io_error(e));
+        }
+        let result = self.locked_sync(core, ops, work);
         let _ = lock::unlock(&self.lock);
         let (value, wrote) = result.map_err(io_error)?;
         if wrote && self.options.fsync {
@@ -276,10 +299,10 @@ impl Group {
     fn locked_sync<T>(
         &self,
         core: &mut Core,
+        pending: Vec<Pending>,
         work: impl FnOnce(&Self, &mut Core, &mut Vec<Record>) -> io::Result<T>,
     ) -> io::Result<(T, bool)> {
         self.catch_up(core)?;
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let mut records = Vec::new();
         let mut replies = Vec::with_capacity(pending.len());
         let mut readied = false;

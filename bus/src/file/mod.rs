@@ -89,6 +89,7 @@
 //! its delay); there are no leases and no groups, and nothing outlives the process.
 
 mod backend;
+mod batch;
 mod consumer;
 mod group;
 mod journal;

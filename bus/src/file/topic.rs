@@ -4,11 +4,12 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
+use super::batch::Batch;
 use super::lock;
 use crate::BusError;
 
@@ -64,7 +65,7 @@ type Reply = oneshot::Sender<Result<(), (io::ErrorKind, String)>>;
 pub(crate) struct TopicWriter {
     path: PathBuf,
     fsync: bool,
-    queue: Mutex<Vec<(Bytes, Reply)>>,
+    queue: Batch<(Bytes, Reply)>,
     file: tokio::sync::Mutex<Option<Appender>>,
     /// Woken after each write, for consumers of this topic in this process.
     pub(crate) appended: Arc<Notify>,
@@ -72,7 +73,6 @@ pub(crate) struct TopicWriter {
 
 struct Appender {
     file: Arc<File>,
-    id: FileId,
     /// The length of the file after our last write: if it is still that, the file ends with our
     /// newline and the last byte need not be read.
     len_after_write: u64,
@@ -83,7 +83,7 @@ impl TopicWriter {
         TopicWriter {
             path,
             fsync,
-            queue: Mutex::new(Vec::new()),
+            queue: Batch::new(),
             file: tokio::sync::Mutex::new(None),
             appended: Arc::new(Notify::new()),
         }
@@ -92,14 +92,12 @@ impl TopicWriter {
     /// Appends `payload` as one line and returns once it is written (and synced, with `fsync`).
     pub(crate) async fn send(self: &Arc<Self>, payload: Bytes) -> Result<(), BusError> {
         let (tx, rx) = oneshot::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((payload, tx));
-        // The write runs in its own task so that a caller giving up half way (a timeout around
-        // `send`) cannot leave the file locked.
-        let writer = Arc::clone(self);
-        let _ = tokio::spawn(async move { writer.write_queued().await }).await;
+        if self.queue.push((payload, tx)) {
+            // The flusher is a task of its own, so a caller giving up half way (a timeout around
+            // `send`) cannot leave the file locked or its line half handled.
+            let writer = Arc::clone(self);
+            tokio::spawn(async move { writer.flush().await });
+        }
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err((kind, message))) => Err(BusError::io(
@@ -114,29 +112,32 @@ impl TopicWriter {
         }
     }
 
-    async fn write_queued(&self) {
+    /// Writes batches until nothing is queued.
+    async fn flush(&self) {
         let mut file = self.file.lock().await;
-        let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
-        if batch.is_empty() {
-            return; // an earlier writer took ours
-        }
-        let mut data = Vec::with_capacity(batch.iter().map(|(p, _)| p.len() + 1).sum());
-        for (payload, _) in &batch {
-            data.extend_from_slice(payload);
-            data.push(b'\n');
-        }
-        let result = self.append(&mut file, data).await;
-        drop(file);
-        if result.is_ok() {
-            self.appended.notify_waiters();
-        }
-        for (_, reply) in batch {
-            let _ = reply.send(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| (e.kind(), e.to_string())),
-            );
+        loop {
+            // Let the tasks that are about to send queue their lines first: bigger batches.
+            tokio::task::yield_now().await;
+            let Some(batch) = self.queue.next_batch() else {
+                return;
+            };
+            let mut data = Vec::with_capacity(batch.iter().map(|(p, _)| p.len() + 1).sum());
+            for (payload, _) in &batch {
+                data.extend_from_slice(payload);
+                data.push(b'\n');
+            }
+            let result = self.append(&mut file, data).await;
+            if result.is_ok() {
+                self.appended.notify_waiters();
+            }
+            for (_, reply) in batch {
+                let _ = reply.send(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| (e.kind(), e.to_string())),
+                );
+            }
         }
     }
 
@@ -174,10 +175,8 @@ impl TopicWriter {
             .append(true)
             .create(true)
             .open(&self.path)?;
-        let meta = file.metadata()?;
         Ok(Appender {
             file: Arc::new(file),
-            id: FileId::of(&meta),
             len_after_write: u64::MAX,
         })
     }
@@ -187,15 +186,14 @@ impl Appender {
     /// Writes `data` (whole lines) with one `write`, holding the lock. `Ok(false)` when the path no
     /// longer names our open file (deleted or replaced), so nothing was written.
     fn write_locked(&mut self, path: &Path, data: &mut Vec<u8>) -> io::Result<bool> {
-        match FileId::at(path)? {
-            Some((id, _)) if id == self.id => {}
-            _ => {
-                tracing::warn!(path = %path.display(),
-                    "topic file was deleted or replaced; appending to a new file");
-                return Ok(false);
-            }
+        let meta = self.file.metadata()?;
+        if meta.nlink() == 0 {
+            // Deleted, or another file was renamed over it: the path names another file (or none).
+            tracing::warn!(path = %path.display(),
+                "topic file was deleted or replaced; appending to a new file");
+            return Ok(false);
         }
-        let len = self.file.metadata()?.len();
+        let len = meta.len();
         if len > 0 && len != self.len_after_write && !self.ends_with_newline(len)? {
             tracing::warn!(path = %path.display(),
                 "the last line of the topic file has no newline (a producer died mid-write?); \
