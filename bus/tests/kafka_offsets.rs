@@ -2,6 +2,7 @@
 //! task at a low offset holds it back while later tasks finish, and after the worker holding it is
 //! killed, the group resumes from it.
 #![cfg(feature = "kafka")]
+#![allow(clippy::unwrap_used)]
 
 mod kafka_support;
 
@@ -24,7 +25,11 @@ async fn slow_worker_process() {
         return;
     };
     let mut parts = spec.split('|');
-    let (url, topic, group) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let (url, topic, group) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
     let bus = connect(url).await;
     let mut sub = bus.subscribe(topic, group).await.unwrap();
     let mut held = None;
@@ -53,7 +58,9 @@ async fn slow_task_holds_the_committed_offset_and_a_restart_resumes_from_it() {
     let (topic, group) = (unique("slow"), unique("g"));
     let group_id = format!("{group}.{topic}");
     let bus = connect(&url).await;
-    let tasks: Vec<Task> = (0..10).map(|i| Task::new("slow", format!("#{i}"))).collect();
+    let tasks: Vec<Task> = (0..10)
+        .map(|i| Task::new("slow", format!("#{i}")))
+        .collect();
     for task in &tasks {
         bus.send(&topic, task).await.unwrap();
     }
@@ -68,7 +75,10 @@ async fn slow_task_holds_the_committed_offset_and_a_restart_resumes_from_it() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let held = loop {
-        let line = lines.next().expect("the worker says which task it holds").unwrap();
+        let line = lines
+            .next()
+            .expect("the worker says which task it holds")
+            .unwrap();
         if let Some(id) = line.strip_prefix("HELD ") {
             break id.to_owned();
         }
@@ -93,7 +103,11 @@ async fn slow_task_holds_the_committed_offset_and_a_restart_resumes_from_it() {
         seen.push(offset);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(seen.last().copied().flatten(), Some(0), "offsets seen: {seen:?}");
+    assert_eq!(
+        seen.last().copied().flatten(),
+        Some(0),
+        "offsets seen: {seen:?}"
+    );
 
     // The worker dies without a word. After its session times out, the next member of the group
     // resumes from the committed offset: the slow task first, then the nine above it again.
@@ -129,7 +143,10 @@ async fn slow_task_holds_the_committed_offset_and_a_restart_resumes_from_it() {
         if offset == Some(10) {
             break;
         }
-        assert!(Instant::now() < deadline, "everything acked, yet the committed offset is {offset:?}");
+        assert!(
+            Instant::now() < deadline,
+            "everything acked, yet the committed offset is {offset:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! `TASKBUS_BENCH_TASKS` (default 20000) tasks per run, `TASKBUS_BENCH_RUNS` (default 3) runs each.
 #![cfg(feature = "kafka")]
+#![allow(clippy::unwrap_used)]
 
 mod kafka_support;
 
@@ -27,14 +28,23 @@ use tokio::sync::Semaphore;
 const IN_FLIGHT: usize = 64;
 
 fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Fills a new topic with `n` tasks of about 250 bytes.
 async fn prefill(bus: &Bus, n: usize) -> String {
     let topic = unique("bench-in");
     let tasks: Vec<Task> = (0..n)
-        .map(|i| Task::new("bench", format!("s3://bucket/path/to/input/file-{i:08}.csv?day=2024-01-02")).job("noop"))
+        .map(|i| {
+            Task::new(
+                "bench",
+                format!("s3://bucket/path/to/input/file-{i:08}.csv?day=2024-01-02"),
+            )
+            .job("noop")
+        })
         .collect();
     bus.send_all(&topic, &tasks, 1024).await.unwrap();
     topic
@@ -104,9 +114,16 @@ async fn raw_loop(url: &str, topic: &str, n: usize) -> Duration {
                 done.start();
                 done.end(TaskResult::Complete, "ok");
                 let payload = done.to_json_bytes();
-                let record = FutureRecord::to(done_topic).payload(&payload).key(done.id.as_bytes());
-                producer.send(record, Duration::from_secs(30)).await.unwrap();
-                consumer.store_offset(m.topic(), m.partition(), m.offset() + 1).unwrap();
+                let record = FutureRecord::to(done_topic)
+                    .payload(&payload)
+                    .key(done.id.as_bytes());
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                consumer
+                    .store_offset(m.topic(), m.partition(), m.offset() + 1)
+                    .unwrap();
             }
         })
         .buffer_unordered(IN_FLIGHT)

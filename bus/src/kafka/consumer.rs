@@ -26,7 +26,11 @@ pub(super) struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    pub(super) fn new(shared: Arc<Shared>, rx: UnboundedReceiver<Item>, producer: Arc<Producer>) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        rx: UnboundedReceiver<Item>,
+        producer: Arc<Producer>,
+    ) -> Self {
         KafkaConsumer {
             shared,
             rx,
@@ -51,7 +55,12 @@ impl KafkaConsumer {
             runtime: self.runtime.clone(),
             settled: false,
         };
-        Delivery::new(self.shared.topic.clone(), fetched.payload, deliveries, Box::new(acker))
+        Delivery::new(
+            self.shared.topic.clone(),
+            fetched.payload,
+            deliveries,
+            Box::new(acker),
+        )
     }
 }
 
@@ -185,7 +194,12 @@ impl Republish {
         let headers = Redelivery::nacked(&self.shared.group, self.deliveries, delay);
         let sent = self
             .producer
-            .send(&self.shared.topic, self.key.as_deref(), &self.payload, Some(headers))
+            .send(
+                &self.shared.topic,
+                self.key.as_deref(),
+                &self.payload,
+                Some(headers),
+            )
             .await;
         match sent {
             Ok((partition, offset)) => {

@@ -125,7 +125,10 @@ impl Backend for KafkaBackend {
 
     async fn send(&self, topic: &str, message: Outgoing) -> Result<(), BusError> {
         let key = message.key.as_deref().map(str::as_bytes);
-        self.producer.send(topic, key, &message.payload, None).await.map(|_| ())
+        self.producer
+            .send(topic, key, &message.payload, None)
+            .await
+            .map(|_| ())
     }
 
     async fn consumer(
@@ -137,14 +140,27 @@ impl Backend for KafkaBackend {
         let settings = &self.producer.settings;
         let shared = Arc::new(Shared::new(topic, &options.group, settings.rebalance_wait));
         let group_id = self.group_id(&options.group, topic);
-        let op = || format!("consume topic {topic:?} in group {group_id:?} from {}", self.producer.url);
+        let op = || {
+            format!(
+                "consume topic {topic:?} in group {group_id:?} from {}",
+                self.producer.url
+            )
+        };
         let consumer: BaseConsumer<PumpContext> = settings
             .consumer(&group_id, options.finite)
             .create_with_context(PumpContext::new(shared.clone()))
             .map_err(|e| BusError::broker(op(), e))?;
-        consumer.subscribe(&[topic]).map_err(|e| BusError::broker(op(), e))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| BusError::broker(op(), e))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pump = Pump::new(consumer, shared.clone(), tx, options.max_in_flight, options.finite);
+        let pump = Pump::new(
+            consumer,
+            shared.clone(),
+            tx,
+            options.max_in_flight,
+            options.finite,
+        );
         let thread = std::thread::Builder::new()
             .name(format!("kafka-{topic}"))
             .spawn(move || pump.run())

@@ -65,7 +65,8 @@ impl Redelivery {
         match delay.filter(|d| !d.is_zero()) {
             None => headers,
             Some(delay) => {
-                let at = (now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)).to_string();
+                let at =
+                    (now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)).to_string();
                 headers.insert(Header {
                     key: NOT_BEFORE,
                     value: Some(&at),
@@ -104,7 +105,10 @@ mod tests {
         assert_eq!(r.group.as_deref(), Some("workers"));
         assert_eq!(r.deliveries, 3);
         let wait = r.wait().expect("a delay");
-        assert!(wait > Duration::from_secs(55) && wait <= Duration::from_secs(60), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
         assert!(r.is_for("workers"));
         assert!(!r.is_for("stats"));
     }
@@ -119,7 +123,10 @@ mod tests {
 
     #[test]
     fn plain_and_malformed_messages_are_first_deliveries_for_everyone() {
-        assert_eq!(Redelivery::read(None::<&OwnedHeaders>), Redelivery::default());
+        assert_eq!(
+            Redelivery::read(None::<&OwnedHeaders>),
+            Redelivery::default()
+        );
         let h = OwnedHeaders::new()
             .insert(Header {
                 key: DELIVERIES,

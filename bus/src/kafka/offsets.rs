@@ -202,10 +202,22 @@ mod tests {
         assert!(p.done(100));
         assert!(p.done(102));
         assert_eq!(p.fetched(101), Seen::InFlight, "a copy of one in flight");
-        assert_eq!(p.fetched(102), Seen::Done, "a copy of one done, above the commit");
-        assert_eq!(p.fetched(0), Seen::Done, "nothing committed yet: a copy, not a rewind");
+        assert_eq!(
+            p.fetched(102),
+            Seen::Done,
+            "a copy of one done, above the commit"
+        );
+        assert_eq!(
+            p.fetched(0),
+            Seen::Done,
+            "nothing committed yet: a copy, not a rewind"
+        );
         assert_eq!(p.advance(), Some(101));
-        assert_eq!(p.fetched(100), Seen::Rewound, "below the committed position");
+        assert_eq!(
+            p.fetched(100),
+            Seen::Rewound,
+            "below the committed position"
+        );
         assert_eq!(p.end(), Some(103));
     }
 
@@ -221,7 +233,10 @@ mod tests {
         assert_eq!(p.delayed(), 1);
         assert_eq!(p.advance(), Some(0));
         assert!(p.set(0, State::Delayed, State::Queued));
-        assert!(!p.set(0, State::Delayed, State::Queued), "not delayed any more");
+        assert!(
+            !p.set(0, State::Delayed, State::Queued),
+            "not delayed any more"
+        );
         assert_eq!(p.state(0), Some(State::Queued));
         assert!(p.done(0));
         assert_eq!(p.advance(), Some(3));
@@ -238,7 +253,11 @@ mod tests {
         assert_eq!(p.state(1), Some(State::Out));
         assert_eq!(p.out(), 2);
         assert_eq!(p.in_flight(), 2, "abandoned ones are not waited for");
-        assert_eq!(p.fetched(2), Seen::InFlight, "and not handed out again here");
+        assert_eq!(
+            p.fetched(2),
+            Seen::InFlight,
+            "and not handed out again here"
+        );
         assert!(p.done(0));
         assert!(p.done(1));
         assert_eq!(p.advance(), Some(2), "never past what was not done");

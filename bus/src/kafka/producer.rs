@@ -29,7 +29,10 @@ impl Producer {
     /// Creates the clients (librdkafka connects lazily; [`Producer::check`] proves the brokers answer).
     pub(super) fn new(settings: Settings, url: String) -> Result<Producer, BusError> {
         let client_error = |what: &str, e: KafkaError| {
-            BusError::url(&url, format!("librdkafka rejected the {what} configuration: {e}"))
+            BusError::url(
+                &url,
+                format!("librdkafka rejected the {what} configuration: {e}"),
+            )
         };
         let producer = settings
             .producer()
@@ -53,7 +56,10 @@ impl Producer {
         let producer = self.producer.clone();
         let timeout = self.settings.connect_timeout;
         let answer = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, timeout).map(|m| m.brokers().len())
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|m| m.brokers().len())
         })
         .await
         .map_err(|e| BusError::broker("the Kafka metadata request", e))?;
@@ -85,7 +91,8 @@ impl Producer {
         }
         let s = &self.settings;
         let new = NewTopic::new(topic, s.partitions, TopicReplication::Fixed(s.replication));
-        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(s.connect_timeout)));
+        let options =
+            AdminOptions::new().operation_timeout(Some(Timeout::After(s.connect_timeout)));
         let op = || format!("create topic {topic:?} on {}", self.url);
         let results = self
             .admin
@@ -121,7 +128,11 @@ impl Producer {
             producer
                 .client()
                 .fetch_metadata(Some(&topic), timeout)
-                .is_ok_and(|m| m.topics().iter().any(|t| t.name() == topic && t.error().is_none()))
+                .is_ok_and(|m| {
+                    m.topics()
+                        .iter()
+                        .any(|t| t.name() == topic && t.error().is_none())
+                })
         })
         .await
         .unwrap_or(false)
@@ -143,7 +154,11 @@ impl Producer {
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
-        match self.producer.send(record, Timeout::After(self.settings.send_timeout)).await {
+        match self
+            .producer
+            .send(record, Timeout::After(self.settings.send_timeout))
+            .await
+        {
             Ok(delivery) => Ok((delivery.partition, delivery.offset)),
             Err((e, _)) => Err(self.send_error(topic, &e)),
         }
@@ -174,7 +189,8 @@ impl Producer {
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|e| BusError::broker("flush the Kafka producer", e))?;
-        flushed.map_err(|e| BusError::broker(format!("flush the Kafka producer of {}", self.url), e))
+        flushed
+            .map_err(|e| BusError::broker(format!("flush the Kafka producer of {}", self.url), e))
     }
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {

@@ -208,7 +208,9 @@ impl Pump {
                 drop(self.shared.wait(inner, Duration::from_millis(50)));
                 Duration::ZERO
             } else {
-                self.next_due().map_or(Duration::from_millis(100), |d| d.min(Duration::from_millis(100)))
+                self.next_due().map_or(Duration::from_millis(100), |d| {
+                    d.min(Duration::from_millis(100))
+                })
             };
             let held = match self.consumer.poll(timeout) {
                 None => None,
@@ -292,7 +294,10 @@ impl Pump {
             let mut inner = self.shared.lock();
             let closing = inner.closing;
             let queued = inner.current(&fetched.ticket).is_some_and(|claim| {
-                !closing && claim.offsets.set(fetched.ticket.offset, State::Delayed, State::Queued)
+                !closing
+                    && claim
+                        .offsets
+                        .set(fetched.ticket.offset, State::Delayed, State::Queued)
             });
             if queued {
                 let _ = self.tx.send(Item::Message(fetched));
@@ -333,7 +338,9 @@ impl Pump {
                 self.paused = pause;
                 self.applied = assignments;
             }
-            Err(e) => tracing::debug!(topic = %self.shared.topic, error = %e, pause, "cannot pause or resume"),
+            Err(e) => {
+                tracing::debug!(topic = %self.shared.topic, error = %e, pause, "cannot pause or resume");
+            }
         }
     }
 

@@ -64,9 +64,9 @@ impl Settings {
         }
         let replication = url.take_parsed::<i32>("replication")?.unwrap_or(-1);
         if replication == 0 || replication < -1 {
-            return Err(url.error(
-                "option replication must be 1 or more, or -1 for the broker's default",
-            ));
+            return Err(
+                url.error("option replication must be 1 or more, or -1 for the broker's default")
+            );
         }
         let compression = url.take("compression").unwrap_or_else(|| "none".to_owned());
         if !COMPRESSIONS.contains(&compression.as_str()) {
@@ -98,7 +98,9 @@ impl Settings {
                 .take_duration("connect_timeout")?
                 .unwrap_or(Duration::from_secs(10)),
             compression,
-            client_id: url.take("client_id").unwrap_or_else(|| "taskbus".to_owned()),
+            client_id: url
+                .take("client_id")
+                .unwrap_or_else(|| "taskbus".to_owned()),
             group_per_topic: url.take_bool("group_per_topic")?.unwrap_or(true),
             passthrough: url.take_prefixed("rdkafka."),
         })
@@ -159,7 +161,10 @@ impl Settings {
                 "max.poll.interval.ms",
                 millis((self.rebalance_wait * 2).max(Duration::from_secs(300))),
             )
-            .set("enable.partition.eof", if finite { "true" } else { "false" })
+            .set(
+                "enable.partition.eof",
+                if finite { "true" } else { "false" },
+            )
             // Prefetch less than librdkafka's 64 MiB per partition: the backend pauses partitions
             // when the consumer has enough in flight, and a pause drops what was prefetched.
             .set("queued.max.messages.kbytes", "8192");
@@ -183,7 +188,8 @@ fn brokers(url: &BusUrl) -> Result<(Option<(String, String)>, String), BusError>
         Some((info, hosts)) => {
             let (user, password) = info.split_once(':').unwrap_or((info, ""));
             let decode = |s: &str| {
-                percent_decode(s).ok_or_else(|| url.error("the user or password is not valid percent-encoding"))
+                percent_decode(s)
+                    .ok_or_else(|| url.error("the user or password is not valid percent-encoding"))
             };
             (Some((decode(user)?, decode(password)?)), hosts)
         }
@@ -231,6 +237,7 @@ fn millis(d: Duration) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

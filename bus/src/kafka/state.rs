@@ -88,7 +88,10 @@ impl Inner {
                 self.eof.contains(p)
                     && c.offsets.in_flight() == 0
                     && c.offsets.delayed() == 0
-                    && self.expected.get(p).map_or(true, |&o| c.offsets.end().is_some_and(|e| e > o))
+                    && self
+                        .expected
+                        .get(p)
+                        .map_or(true, |&o| c.offsets.end().is_some_and(|e| e > o))
             })
     }
 }
@@ -129,7 +132,11 @@ impl Shared {
     }
 
     /// Waits up to `timeout` for a settle.
-    pub(super) fn wait<'a>(&self, guard: MutexGuard<'a, Inner>, timeout: Duration) -> MutexGuard<'a, Inner> {
+    pub(super) fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, Inner>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, Inner> {
         self.changed
             .wait_timeout(guard, timeout)
             .map_or_else(|e| e.into_inner().0, |(g, _)| g)
@@ -144,7 +151,9 @@ impl Shared {
         if claim.revoking || !claim.offsets.set(ticket.offset, State::Queued, State::Out) {
             return false;
         }
-        claim.leases.insert(ticket.offset, Instant::now() + self.lease);
+        claim
+            .leases
+            .insert(ticket.offset, Instant::now() + self.lease);
         true
     }
 
@@ -169,7 +178,9 @@ impl Shared {
             let mut inner = self.lock();
             if let Some(claim) = inner.current(ticket) {
                 claim.leases.remove(&ticket.offset);
-                claim.offsets.set(ticket.offset, State::Out, State::Abandoned);
+                claim
+                    .offsets
+                    .set(ticket.offset, State::Out, State::Abandoned);
             }
         }
         self.notify();

@@ -1,6 +1,6 @@
 //! What the Kafka tests share: the broker URL, unique names, raw rdkafka helpers, and the
 //! conformance harness.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -99,9 +99,7 @@ pub fn committed(url: &str, group_id: &str, topic: &str, partition: i32) -> Opti
         let list = consumer
             .committed_offsets(tpl, Duration::from_secs(10))
             .expect("the committed offsets");
-        let offset = list
-            .find_partition(topic, partition)
-            .map(|e| e.offset());
+        let offset = list.find_partition(topic, partition).map(|e| e.offset());
         // The list must go before its consumer (a kept list makes the consumer's drop hang).
         drop(list);
         offset
@@ -149,8 +147,10 @@ impl Harness for KafkaHarness {
     }
 
     async fn restart_broker(&self) -> Result<(), String> {
-        Err("the test broker is tansu with memory storage, which keeps nothing across a restart \
+        Err(
+            "the test broker is tansu with memory storage, which keeps nothing across a restart \
              (see scripts/brokers/kafka.sh)"
-            .to_owned())
+                .to_owned(),
+        )
     }
 }
