@@ -27,6 +27,8 @@ const EXPIRES: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Silence after which outstanding pull requests are taken for lost (server restarted, link down).
 const SILENCE: Duration = Duration::from_secs(12);
+/// How long a finite consumer's pull waits when other members' pulls are queued before it.
+const FINITE_WAIT: Duration = Duration::from_millis(500);
 /// The pause before asking again after the server could not serve a pull request.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
@@ -47,6 +49,8 @@ pub(super) struct NatsConsumer {
     owed: VecDeque<usize>,
     /// Messages delivered since the last `no_wait` request was sent (finite consumers).
     got_since_request: usize,
+    /// The server said other pulls of the group wait for more than is pending (finite consumers).
+    others_waiting: bool,
     last_heard: Instant,
     reconnects: watch::Receiver<u64>,
     closed: bool,
@@ -60,8 +64,10 @@ impl NatsConsumer {
         topology: Arc<Topology>,
         topic: &str,
         options: &ConsumerOptions,
-        reconnects: watch::Receiver<u64>,
+        mut reconnects: watch::Receiver<u64>,
     ) -> Result<NatsConsumer, BusError> {
+        // Only reconnects from now on matter.
+        reconnects.borrow_and_update();
         let inbox = client.new_inbox();
         let sub = client.subscribe(inbox.clone()).await.map_err(|e| {
             BusError::broker(format!("subscribe to the pull inbox for topic {topic:?}"), e)
@@ -84,6 +90,7 @@ impl NatsConsumer {
             finite: options.finite,
             owed: VecDeque::new(),
             got_since_request: 0,
+            others_waiting: false,
             last_heard: Instant::now(),
             reconnects,
             closed: false,
@@ -104,7 +111,11 @@ impl NatsConsumer {
         if free < threshold || (self.finite && !self.owed.is_empty()) {
             return Ok(());
         }
-        let request = if self.finite {
+        let request = if self.finite && self.others_waiting {
+            // Other members' pulls wait for more than is pending, so the server turns `no_wait`
+            // away: wait a moment at the back of the queue instead.
+            format!(r#"{{"batch":{free},"expires":{}}}"#, FINITE_WAIT.as_nanos())
+        } else if self.finite {
             format!(r#"{{"batch":{free},"no_wait":true}}"#)
         } else {
             format!(
@@ -122,6 +133,7 @@ impl NatsConsumer {
             .map_err(|e| self.error("send a pull request", e))?;
         self.owed.push_back(free);
         self.got_since_request = 0;
+        self.others_waiting = false;
         Ok(())
     }
 
@@ -146,6 +158,10 @@ impl NatsConsumer {
         let description = message.description.clone().unwrap_or_default();
         match status {
             StatusCode::IDLE_HEARTBEAT => {}
+            StatusCode::TIMEOUT if self.finite && description == "Requests Pending" => {
+                self.owed.pop_front();
+                self.others_waiting = true;
+            }
             StatusCode::TIMEOUT | StatusCode::NOT_FOUND => {
                 self.owed.pop_front();
                 if self.finite && self.got_since_request == 0 && self.owed.is_empty() {

@@ -183,6 +183,7 @@ impl Backend for NatsBackend {
         self.check_open()?;
         let subject = self.topology.subject(topic);
         let deadline = Instant::now() + self.topology.options().publish_timeout;
+        let mut first_miss = true;
         loop {
             let err = match self.publish(&subject, &message).await {
                 Ok(ack) => {
@@ -195,11 +196,19 @@ impl Backend for NatsBackend {
             };
             let op = || format!("publish to topic {topic:?} (subject {subject})");
             match err.kind() {
-                PublishErrorKind::StreamNotFound => match self.topology.ensure_stream(topic).await {
-                    Ok(()) => continue,
-                    Err(e) if !e.transient => return Err(e.error),
-                    Err(_) => {}
-                },
+                PublishErrorKind::StreamNotFound => {
+                    // Missing, or the server is still loading its streams after a restart.
+                    self.topology.forget(topic);
+                    match self.topology.ensure_stream(topic).await {
+                        Ok(()) if first_miss => {
+                            first_miss = false;
+                            continue;
+                        }
+                        Ok(()) => {}
+                        Err(e) if !e.transient => return Err(e.error),
+                        Err(_) => {}
+                    }
+                }
                 PublishErrorKind::MaxPayloadExceeded => {
                     return Err(BusError::broker(
                         op(),

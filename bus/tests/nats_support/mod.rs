@@ -41,17 +41,22 @@ pub fn run_prefix() -> &'static str {
 /// `base` with the test options: a short lease, and streams of their own (`tbtest-<minute>-…`)
 /// whose messages expire after an hour.
 pub fn test_url(base: &str, extra: &str) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let mut url = format!(
-        "{base}{sep}ack_wait={}ms&stream_prefix={}&max_age=1h",
-        LEASE.as_millis(),
-        run_prefix()
-    );
+    let defaults = [
+        ("ack_wait", format!("{}ms", LEASE.as_millis())),
+        ("stream_prefix", run_prefix().to_owned()),
+        ("max_age", "1h".to_owned()),
+    ];
+    let given = |key: &str| extra.split('&').any(|kv| kv.split('=').next() == Some(key));
+    let mut options: Vec<String> = defaults
+        .iter()
+        .filter(|(k, _)| !given(k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     if !extra.is_empty() {
-        url.push('&');
-        url.push_str(extra);
+        options.push(extra.to_owned());
     }
-    url
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}{}", options.join("&"))
 }
 
 /// Connects to `url`, failing the test (never skipping it) with the bus's own message.
@@ -195,11 +200,27 @@ impl NatsServer {
         self.dir.path().join("nats-server.log")
     }
 
-    /// Kills the server (SIGKILL: nothing flushed on the way out) and starts it again on the same
-    /// port and store.
+    /// Stops the server the way a service manager does (SIGTERM, waiting for it to exit) and
+    /// starts it again on the same port and store.
     pub fn restart(&self) {
+        self.terminate();
+        self.spawn();
+    }
+
+    /// Kills the server as a crash would (SIGKILL: nothing flushed on the way out) and starts it
+    /// again on the same port and store.
+    pub fn crash_and_restart(&self) {
         self.kill();
         self.spawn();
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn terminate(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut c) = child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
     }
 
     pub fn kill(&self) {
