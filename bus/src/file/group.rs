@@ -261,7 +261,9 @@ impl Group {
         topic != outlook.topic || journal_len != outlook.journal_len
     }
 
-    /// Runs `work` holding the group's lock, between reading and writing the journal.
+    /// Runs `work` holding the group's lock, between reading and writing the journal, together
+    /// with the queued changes `ops`, and answers each of them once the journal has them (on disk,
+    /// with `fsync`).
     async fn locked<T>(
         &self,
         core: &mut Core,
@@ -270,30 +272,35 @@ impl Group {
     ) -> Result<T, BusError> {
         let io_error = |e| BusError::io("cannot update the group journal", &self.journal_path, e);
         if let Err(e) = lock_exclusive(&self.lock).await {
-            for reply in ops.into_iter().filter_map(|p| p.reply) {
-                let _ = reply.send(Err(format!("cannot lock the group: {e}")));
-            }
+            answer(
+                self,
+                ops.into_iter().map(|p| (p.reply, Ok(()))).collect(),
+                Some(&e),
+            );
             return Err(io_error(e));
         }
-        let result = self.locked_sync(core, ops, work);
+        let done = self.locked_sync(core, ops, work);
         let _ = lock::unlock(&self.lock);
-        let (value, wrote) = result.map_err(io_error)?;
-        if wrote && self.options.fsync {
-            if let Some(journal) = core
-                .journal
-                .as_ref()
-                .map(File::try_clone)
-                .transpose()
-                .map_err(io_error)?
-            {
-                tokio::task::spawn_blocking(move || journal.sync_data())
-                    .await
-                    .map_err(io::Error::other)
-                    .and_then(|r| r)
-                    .map_err(io_error)?;
+        let mut value = done.value;
+        if value.is_ok() && done.wrote && self.options.fsync {
+            if let Err(e) = self.sync_journal(core).await {
+                value = Err(e);
             }
         }
-        Ok(value)
+        answer(self, done.replies, value.as_ref().err());
+        if value.is_ok() && done.readied {
+            self.ready.notify_waiters();
+        }
+        value.map_err(io_error)
+    }
+
+    async fn sync_journal(&self, core: &Core) -> io::Result<()> {
+        let Some(journal) = core.journal.as_ref().map(File::try_clone).transpose()? else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || journal.sync_data())
+            .await
+            .map_err(io::Error::other)?
     }
 
     fn locked_sync<T>(
@@ -301,43 +308,38 @@ impl Group {
         core: &mut Core,
         pending: Vec<Pending>,
         work: impl FnOnce(&Self, &mut Core, &mut Vec<Record>) -> io::Result<T>,
-    ) -> io::Result<(T, bool)> {
-        self.catch_up(core)?;
-        let mut records = Vec::new();
+    ) -> Locked<T> {
         let mut replies = Vec::with_capacity(pending.len());
+        if let Err(e) = self.catch_up(core) {
+            replies.extend(pending.into_iter().map(|p| (p.reply, Ok(()))));
+            return Locked {
+                value: Err(e),
+                wrote: false,
+                readied: false,
+                replies,
+            };
+        }
+        let mut records = Vec::new();
         let mut readied = false;
         for p in pending {
             let outcome = settle_one(&mut core.state, &p.settle, &mut records);
             readied |= matches!(p.settle.op, Op::Nack { .. } | Op::Release) && outcome.is_ok();
             replies.push((p.reply, outcome));
         }
-        let value = work(self, core, &mut records);
-        let written = match &value {
-            Ok(_) => self.write(core, &records),
-            Err(_) => Ok(()),
-        };
-        let failed = value
-            .as_ref()
-            .err()
-            .or(written.as_ref().err())
-            .map(ToString::to_string);
-        for (reply, outcome) in replies {
-            let outcome = match &failed {
-                Some(e) => Err(e.clone()),
-                None => outcome,
-            };
-            if let Some(reply) = reply {
-                let _ = reply.send(outcome);
-            } else if let Err(e) = outcome {
-                tracing::warn!(topic = %self.topic, group = %self.name, error = %e,
-                    "a dropped delivery could not be given back; it comes back after its lease");
-            }
+        let value = work(self, core, &mut records).and_then(|v| {
+            self.write(core, &records)?;
+            Ok(v)
+        });
+        if value.is_err() {
+            // The state may hold changes the journal does not: read it all again next time.
+            core.journal = None;
         }
-        written?;
-        if readied {
-            self.ready.notify_waiters();
+        Locked {
+            value,
+            wrote: !records.is_empty(),
+            readied,
+            replies,
         }
-        Ok((value?, !records.is_empty()))
     }
 
     /// Reads and applies what was appended to the journal since we last looked. Holding the lock.
@@ -622,6 +624,46 @@ impl Group {
         }
         core.partial = None;
         Ok(Ok(()))
+    }
+}
+
+/// What a locked section did, to be answered once it is durable.
+struct Locked<T> {
+    value: io::Result<T>,
+    wrote: bool,
+    /// A line became ready again (nack, release).
+    readied: bool,
+    replies: Vec<(
+        Option<oneshot::Sender<Result<(), String>>>,
+        Result<(), String>,
+    )>,
+}
+
+/// Answers each queued change: its own outcome, or `failure` when the section failed.
+fn answer(
+    group: &Group,
+    replies: Vec<(
+        Option<oneshot::Sender<Result<(), String>>>,
+        Result<(), String>,
+    )>,
+    failure: Option<&io::Error>,
+) {
+    for (reply, outcome) in replies {
+        let outcome = match failure {
+            Some(e) => Err(e.to_string()),
+            None => outcome,
+        };
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(outcome);
+            }
+            None => {
+                if let Err(e) = outcome {
+                    tracing::warn!(topic = %group.topic, group = %group.name, error = %e,
+                        "a dropped delivery could not be given back; it comes back after its lease");
+                }
+            }
+        }
     }
 }
 
