@@ -17,7 +17,7 @@
 //! |---|---|---|
 //! | `lease` | `30s` | how long a delivery stays with its consumer without an ack, nack or [`in_progress`](crate::Delivery::in_progress); then it goes to another consumer |
 //! | `fsync` | `false` | `true`: `send`, ack and nack return only once the data is on disk (`fdatasync`), so they survive a machine crash |
-//! | `poll` | `10ms` | the longest an idle consumer waits before looking for lines appended by other processes (it looks sooner right after activity, and at once for sends of its own process) |
+//! | `poll` | `25ms` | the longest an idle consumer waits before looking for lines appended by other processes (it looks sooner right after activity, and at once for sends of its own process) |
 //! | `partial_wait` | `1s` | how long a last line without its newline, that no taskbus producer is writing, may stay unchanged before it is taken as truncated (see below) |
 //! | `compact_at` | `8388608` | a group journal longer than this many bytes is compacted |
 //!
@@ -122,7 +122,7 @@ impl Default for FileOptions {
         FileOptions {
             lease: Duration::from_secs(30),
             fsync: false,
-            poll: Duration::from_millis(10),
+            poll: Duration::from_millis(25),
             partial_wait: Duration::from_secs(1),
             compact_at: 8 * 1024 * 1024,
         }
