@@ -1,6 +1,8 @@
 //! `taskbus cron` as a process on the file bus: ticks every two seconds, two replicas sending each
 //! tick once, catching up after a restart, and the errors of a bad rules file.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -14,7 +16,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_taskbus");
 fn cron(dir: &Path, config: &Path, log: &str) -> Child {
     let log = std::fs::File::create(dir.join(log)).unwrap();
     Command::new(BIN)
-        .args(["--bus", &format!("file://{}", dir.join("bus").display()), "cron", "--config"])
+        .args([
+            "--bus",
+            &format!("file://{}", dir.join("bus").display()),
+            "cron",
+            "--config",
+        ])
         .arg(config)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -25,7 +32,10 @@ fn cron(dir: &Path, config: &Path, log: &str) -> Child {
 
 /// Stops `child` with SIGTERM and waits for it; it must exit 0.
 fn stop(mut child: Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "taskbus cron exited with {status}");
@@ -37,9 +47,14 @@ fn run(args: &[&str]) -> Output {
 
 /// Every task on `topic`, read to the end in a fresh group.
 async fn read_all(dir: &Path, topic: &str) -> Vec<Task> {
-    let bus = Bus::connect(&format!("file://{}", dir.join("bus").display())).await.unwrap();
+    let bus = Bus::connect(&format!("file://{}", dir.join("bus").display()))
+        .await
+        .unwrap();
     let group = format!("check-{}", uuid::Uuid::new_v4().simple());
-    let mut sub = bus.subscribe_with(topic, ConsumerOptions::group(group).finite(true)).await.unwrap();
+    let mut sub = bus
+        .subscribe_with(topic, ConsumerOptions::group(group).finite(true))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     while let Some(r) = sub.next().await.unwrap() {
         tasks.push(r.task.clone());
@@ -63,7 +78,11 @@ fn ticks_once(tasks: &[Task]) -> Vec<DateTime<Utc>> {
 
 fn assert_every_two_seconds(ticks: &[DateTime<Utc>]) {
     for pair in ticks.windows(2) {
-        assert_eq!(pair[1] - pair[0], chrono::Duration::seconds(2), "a gap or a stray tick in {ticks:?}");
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::seconds(2),
+            "a gap or a stray tick in {ticks:?}"
+        );
     }
 }
 
@@ -96,14 +115,29 @@ async fn cron_fires_the_rule_every_two_seconds() {
 
     let tasks = read_all(dir.path(), &topic).await;
     let ticks = ticks_once(&tasks);
-    assert!(ticks.len() >= 3, "{} ticks in 7.5 s: {ticks:?}", ticks.len());
+    assert!(
+        ticks.len() >= 3,
+        "{} ticks in 7.5 s: {ticks:?}",
+        ticks.len()
+    );
     assert_every_two_seconds(&ticks);
     for task in &tasks {
-        let tick = DateTime::parse_from_rfc3339(task.meta.get("scheduled").unwrap()).unwrap().with_timezone(&Utc);
+        let tick = DateTime::parse_from_rfc3339(task.meta.get("scheduled").unwrap())
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(tick.timestamp() % 2, 0);
-        let expected = (tick - chrono::Duration::hours(1)).format("at=%Y-%m-%dT%H:%M:%S").to_string();
-        assert!(task.info.starts_with(&expected), "{} does not start with {expected}", task.info);
-        assert_eq!((task.kind.as_str(), task.job.as_str()), (topic.as_str(), "tick"));
+        let expected = (tick - chrono::Duration::hours(1))
+            .format("at=%Y-%m-%dT%H:%M:%S")
+            .to_string();
+        assert!(
+            task.info.starts_with(&expected),
+            "{} does not start with {expected}",
+            task.info
+        );
+        assert_eq!(
+            (task.kind.as_str(), task.job.as_str()),
+            (topic.as_str(), "tick")
+        );
         assert_eq!(task.meta.get("owner"), Some("ops"));
     }
     let ids: std::collections::HashSet<_> = tasks.iter().map(|t| t.id.as_str()).collect();
@@ -133,7 +167,11 @@ async fn two_cron_replicas_send_each_tick_once() {
 async fn a_restarted_cron_catches_up_the_ticks_it_missed() {
     let dir = tempfile::tempdir().unwrap();
     let topic = topic("cron-catch-up");
-    let config = rules(dir.path(), &topic, "catch_up = \"all\"\ncatch_up_window = \"1h\"\n");
+    let config = rules(
+        dir.path(),
+        &topic,
+        "catch_up = \"all\"\ncatch_up_window = \"1h\"\n",
+    );
     let first = cron(dir.path(), &config, "first.log");
     tokio::time::sleep(Duration::from_millis(4_500)).await;
     stop(first);
@@ -145,7 +183,14 @@ async fn a_restarted_cron_catches_up_the_ticks_it_missed() {
     tokio::time::sleep(Duration::from_millis(5_000)).await;
     let log = std::fs::File::create(dir.path().join("second.log")).unwrap();
     let second = Command::new(BIN)
-        .args(["--bus", &format!("file://{}", dir.path().join("bus").display()), "cron", "--grace", "0s", "--config"])
+        .args([
+            "--bus",
+            &format!("file://{}", dir.path().join("bus").display()),
+            "cron",
+            "--grace",
+            "0s",
+            "--config",
+        ])
         .arg(&config)
         .stderr(log)
         .spawn()
@@ -155,7 +200,10 @@ async fn a_restarted_cron_catches_up_the_ticks_it_missed() {
 
     let ticks = ticks_once(&read_all(dir.path(), &topic).await);
     assert_every_two_seconds(&ticks);
-    assert!(ticks.len() >= before.len() + 4, "the missed ticks were sent: {before:?} then {ticks:?}");
+    assert!(
+        ticks.len() >= before.len() + 4,
+        "the missed ticks were sent: {before:?} then {ticks:?}"
+    );
     let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
     assert!(log.contains("resuming after the last tick sent"), "{log}");
     assert!(log.contains("catch_up=true"), "{log}");
@@ -171,13 +219,23 @@ fn next_prints_fire_times_and_checks_the_file() {
     )
     .unwrap();
     let out = run(&["cron", "--config", path.to_str().unwrap(), "--next", "3"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("rule daily: @daily (Asia/Tokyo) -> type report on topic report"), "{text}");
+    assert!(
+        text.starts_with("rule daily: @daily (Asia/Tokyo) -> type report on topic report"),
+        "{text}"
+    );
     let times: Vec<&str> = text.lines().skip(1).collect();
     assert_eq!(times.len(), 3, "{text}");
     for line in times {
-        assert!(line.trim_start().contains("T00:00:00+09:00  (") && line.contains("T15:00:00Z)"), "{line}");
+        assert!(
+            line.trim_start().contains("T00:00:00+09:00  (") && line.contains("T15:00:00Z)"),
+            "{line}"
+        );
     }
 }
 
@@ -186,7 +244,9 @@ fn bad_file(text: &str) -> (String, i32) {
     let path = dir.path().join("cron.toml");
     std::fs::write(&path, text).unwrap();
     let out = run(&["cron", "--config", path.to_str().unwrap(), "--next", "1"]);
-    let err = String::from_utf8(out.stderr).unwrap().replace(path.to_str().unwrap(), "cron.toml");
+    let err = String::from_utf8(out.stderr)
+        .unwrap()
+        .replace(path.to_str().unwrap(), "cron.toml");
     (err, out.status.code().unwrap_or(-1))
 }
 
@@ -194,20 +254,42 @@ fn bad_file(text: &str) -> (String, i32) {
 fn bad_rules_files_are_errors_naming_the_line_and_key() {
     let (err, code) = bad_file("[[rule]]\ntype = \"x\"\ncron = \"0 0 32 * *\"\n");
     assert_eq!(code, 2, "{err}");
-    assert!(err.starts_with("error: cron.toml:3:8: rule[1].cron: "), "{err}");
-    assert!(err.contains("day of month field \"32\": 32 is out of range 1-31"), "{err}");
+    assert!(
+        err.starts_with("error: cron.toml:3:8: rule[1].cron: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("day of month field \"32\": 32 is out of range 1-31"),
+        "{err}"
+    );
 
-    let (err, code) = bad_file("[[rule]]\ntype = \"x\"\ncron = \"@daily\"\ntemplate = \"{yyyy}/{dday}\"\n");
+    let (err, code) =
+        bad_file("[[rule]]\ntype = \"x\"\ncron = \"@daily\"\ntemplate = \"{yyyy}/{dday}\"\n");
     assert_eq!(code, 2);
-    assert!(err.starts_with("error: cron.toml:4:12: rule[1].template: unknown placeholder {dday}"), "{err}");
+    assert!(
+        err.starts_with("error: cron.toml:4:12: rule[1].template: unknown placeholder {dday}"),
+        "{err}"
+    );
 
     let (err, code) = bad_file("[[rule]]\ntype = \"x\"\ncron = \"@daily\"\ntimezon = \"UTC\"\n");
     assert_eq!(code, 2);
-    assert!(err.starts_with("error: cron.toml:4:1: unknown field `timezon`"), "{err}");
+    assert!(
+        err.starts_with("error: cron.toml:4:1: unknown field `timezon`"),
+        "{err}"
+    );
 
-    let (err, _) = bad_file("[[rule]]\ntype = \"x\"\ncron = \"@daily\"\ntimezone = \"Mars/Olympus\"\n");
-    assert!(err.starts_with("error: cron.toml:4:12: rule[1].timezone:"), "{err}");
+    let (err, _) =
+        bad_file("[[rule]]\ntype = \"x\"\ncron = \"@daily\"\ntimezone = \"Mars/Olympus\"\n");
+    assert!(
+        err.starts_with("error: cron.toml:4:12: rule[1].timezone:"),
+        "{err}"
+    );
 
-    let (err, _) = bad_file("[[rule]]\ntype = \"x\"\ncron = \"@daily\"\n[[rule]]\ntype = \"x\"\ncron = \"@hourly\"\n");
-    assert!(err.contains("cron.toml:4:") && err.contains("unique name"), "{err}");
+    let (err, _) = bad_file(
+        "[[rule]]\ntype = \"x\"\ncron = \"@daily\"\n[[rule]]\ntype = \"x\"\ncron = \"@hourly\"\n",
+    );
+    assert!(
+        err.contains("cron.toml:4:") && err.contains("unique name"),
+        "{err}"
+    );
 }

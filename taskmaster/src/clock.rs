@@ -90,15 +90,19 @@ impl Clock for ManualClock {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn manual_clock_wakes_sleepers_when_advanced() {
-        let t0 = DateTime::parse_from_rfc3339("2024-01-02T00:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2024-01-02T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let clock = ManualClock::new(t0);
         let c = clock.clone();
-        let sleeper = tokio::spawn(async move { c.sleep_until(t0 + chrono::Duration::minutes(5)).await });
+        let sleeper =
+            tokio::spawn(async move { c.sleep_until(t0 + chrono::Duration::minutes(5)).await });
         tokio::task::yield_now().await;
         clock.advance(Duration::from_secs(60));
         tokio::task::yield_now().await;

@@ -22,7 +22,10 @@ impl ConfigFile {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::flag(name.clone(), format!("cannot read the file ({e}); check the path"))
+            ConfigError::flag(
+                name.clone(),
+                format!("cannot read the file ({e}); check the path"),
+            )
         })?;
         Ok(ConfigFile { name, text })
     }
@@ -58,7 +61,12 @@ impl ConfigFile {
     }
 
     /// An error about the value at byte `span` of the file, under `key`.
-    pub fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = self.line_col(span.start);
         ConfigError {
             source_name: self.name.clone(),
@@ -88,8 +96,9 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 /// Parses a duration such as `30s`, `1m30s`, `250ms`, `2h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); write it like 30s, 5m, 1h30m or 250ms"))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("{s:?} is not a duration ({e}); write it like 30s, 5m, 1h30m or 250ms")
+    })
 }
 
 /// Parses a signed offset such as `-1h`, `+30m`, `90s` or `0`: how far a rule's template time lies
@@ -117,6 +126,7 @@ pub fn parse_timezone(s: &str) -> Result<Tz, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -144,6 +154,9 @@ mod tests {
         assert_eq!(parse_offset("0").unwrap(), chrono::Duration::zero());
         assert!(parse_offset("soon").unwrap_err().contains("-1h"));
         assert!(parse_timezone("Mars/Olympus").unwrap_err().contains("IANA"));
-        assert_eq!(parse_timezone("Europe/Paris").unwrap(), chrono_tz::Europe::Paris);
+        assert_eq!(
+            parse_timezone("Europe/Paris").unwrap(),
+            chrono_tz::Europe::Paris
+        );
     }
 }

@@ -22,6 +22,6 @@ mod error;
 pub mod retry;
 pub mod template;
 
-pub use error::{ConfigError, ScheduleError, TaskmasterError, TemplateError};
 /// Time zones (IANA names), as rules and backloads use them.
 pub use chrono_tz::Tz;
+pub use error::{ConfigError, ScheduleError, TaskmasterError, TemplateError};

@@ -1,6 +1,8 @@
 //! The cron and retry services on the in-process bus, driven by a manual clock: hours of schedule
 //! and retry delays pass in milliseconds.
 
+#![allow(clippy::unwrap_used)]
+
 mod util;
 
 use std::sync::Arc;
@@ -38,7 +40,12 @@ async fn two_cron_replicas_send_each_tick_once() {
     let stop = CancellationToken::new();
     let mut handles = Vec::new();
     for _ in 0..2 {
-        let service = CronService::new(bus.clone(), rules(HOURLY), ledger.clone(), Arc::new(clock.clone()));
+        let service = CronService::new(
+            bus.clone(),
+            rules(HOURLY),
+            ledger.clone(),
+            Arc::new(clock.clone()),
+        );
         handles.push(tokio::spawn(service.run(stop.clone())));
     }
     settle().await;
@@ -47,7 +54,10 @@ async fn two_cron_replicas_send_each_tick_once() {
         settle().await;
         let task = next(&mut reports).await;
         assert_eq!(task.info, format!("day=2024-01-02T{:02}", hour - 1));
-        assert_eq!(task.meta.get("scheduled"), Some(format!("2024-01-02T{hour}:00:00Z").as_str()));
+        assert_eq!(
+            task.meta.get("scheduled"),
+            Some(format!("2024-01-02T{hour}:00:00Z").as_str())
+        );
         nothing(&mut reports, 100).await;
     }
     stop.cancel();
@@ -65,7 +75,12 @@ async fn a_restarted_cron_catches_up_by_policy() {
     let text = format!("{HOURLY}catch_up = \"all\"\ncatch_up_window = \"2h30m\"\n");
 
     let stop = CancellationToken::new();
-    let service = CronService::new(bus.clone(), rules(&text), ledger.clone(), Arc::new(clock.clone()));
+    let service = CronService::new(
+        bus.clone(),
+        rules(&text),
+        ledger.clone(),
+        Arc::new(clock.clone()),
+    );
     let handle = tokio::spawn(service.run(stop.clone()));
     settle().await;
     clock.set(utc("2024-01-02T10:00:00Z"));
@@ -76,10 +91,18 @@ async fn a_restarted_cron_catches_up_by_policy() {
     // Down from 10:00 to 14:20: ticks 11, 12, 13 and 14 missed; the window (2h30m) keeps 12, 13, 14.
     clock.set(utc("2024-01-02T14:20:00Z"));
     let stop = CancellationToken::new();
-    let service = CronService::new(bus.clone(), rules(&text), ledger.clone(), Arc::new(clock.clone()));
+    let service = CronService::new(
+        bus.clone(),
+        rules(&text),
+        ledger.clone(),
+        Arc::new(clock.clone()),
+    );
     let handle = tokio::spawn(service.run(stop.clone()));
     for hour in [11, 12, 13] {
-        assert_eq!(next(&mut reports).await.info, format!("day=2024-01-02T{hour}"));
+        assert_eq!(
+            next(&mut reports).await.info,
+            format!("day=2024-01-02T{hour}")
+        );
     }
     nothing(&mut reports, 100).await;
     clock.set(utc("2024-01-02T15:00:00Z"));
@@ -103,7 +126,10 @@ fn retry_config() -> retry::RetryConfig {
 /// A retry service on the manual clock. Retries are held (not nacked with a delay, which the bus
 /// would time by the real clock) however long their delay.
 fn retry_service(bus: &taskbus_bus::Bus, clock: &ManualClock) -> RetryService {
-    let options = RetryOptions { max_hold: Duration::from_secs(86_400), ..RetryOptions::default() };
+    let options = RetryOptions {
+        max_hold: Duration::from_secs(86_400),
+        ..RetryOptions::default()
+    };
     RetryService::new(bus.clone(), retry_config(), Arc::new(clock.clone())).options(options)
 }
 
@@ -127,15 +153,22 @@ async fn retry_waits_the_backoff_then_gives_up_to_the_failed_topic() {
     let handle = tokio::spawn(service.run(stop.clone()));
 
     let task = Task::new("flaky", "x");
-    bus.send("done", &failure(&task, "2024-01-02T10:00:00Z")).await.unwrap();
+    bus.send("done", &failure(&task, "2024-01-02T10:00:00Z"))
+        .await
+        .unwrap();
     settle().await;
     clock.advance(Duration::from_secs(9 * 60 + 59));
     nothing(&mut flaky, 100).await;
     clock.advance(Duration::from_secs(1));
     let retry1 = next(&mut flaky).await;
-    assert_eq!((retry1.id.as_str(), retry1.attempt()), (task.id.as_str(), 1));
+    assert_eq!(
+        (retry1.id.as_str(), retry1.attempt()),
+        (task.id.as_str(), 1)
+    );
 
-    bus.send("done", &failure(&retry1, "2024-01-02T10:11:00Z")).await.unwrap();
+    bus.send("done", &failure(&retry1, "2024-01-02T10:11:00Z"))
+        .await
+        .unwrap();
     settle().await;
     clock.set(utc("2024-01-02T10:30:59Z"));
     nothing(&mut flaky, 100).await;
@@ -143,11 +176,17 @@ async fn retry_waits_the_backoff_then_gives_up_to_the_failed_topic() {
     let retry2 = next(&mut flaky).await;
     assert_eq!(retry2.attempt(), 2);
 
-    bus.send("done", &failure(&retry2, "2024-01-02T10:32:00Z")).await.unwrap();
+    bus.send("done", &failure(&retry2, "2024-01-02T10:32:00Z"))
+        .await
+        .unwrap();
     let gone = next(&mut failed).await;
     assert_eq!(gone.id, task.id);
     assert_eq!(gone.meta.get_all(retry::HISTORY).count(), 3);
-    assert!(gone.meta.get(retry::FAILED_REASON).unwrap().contains("after 2 retries"));
+    assert!(gone
+        .meta
+        .get(retry::FAILED_REASON)
+        .unwrap()
+        .contains("after 2 retries"));
     nothing(&mut flaky, 100).await;
     stop.cancel();
     handle.await.unwrap().unwrap();
@@ -159,7 +198,9 @@ async fn a_pending_retry_survives_a_restart_of_the_service() {
     let mut flaky = watch(&bus, "flaky").await;
     let clock = ManualClock::new(utc("2024-01-02T10:00:00Z"));
     let task = Task::new("flaky", "x");
-    bus.send("done", &failure(&task, "2024-01-02T10:00:00Z")).await.unwrap();
+    bus.send("done", &failure(&task, "2024-01-02T10:00:00Z"))
+        .await
+        .unwrap();
 
     let stop = CancellationToken::new();
     let first = tokio::spawn(retry_service(&bus, &clock).run(stop.clone()));
@@ -173,7 +214,10 @@ async fn a_pending_retry_survives_a_restart_of_the_service() {
     settle().await;
     clock.set(utc("2024-01-02T10:10:00Z"));
     let retry1 = next(&mut flaky).await;
-    assert_eq!((retry1.id.as_str(), retry1.attempt()), (task.id.as_str(), 1));
+    assert_eq!(
+        (retry1.id.as_str(), retry1.attempt()),
+        (task.id.as_str(), 1)
+    );
     nothing(&mut flaky, 200).await;
     stop.cancel();
     second.await.unwrap().unwrap();

@@ -60,7 +60,8 @@ impl Request {
         taskbus_bus::check_name("topic", &self.kind).map_err(|e| flag("--type", e.to_string()))?;
         let topic = self.topic.clone().unwrap_or_else(|| self.kind.clone());
         taskbus_bus::check_name("topic", &topic).map_err(|e| flag("--topic", e.to_string()))?;
-        let template = Template::parse(&self.template).map_err(|e| flag("--template", e.to_string()))?;
+        let template =
+            Template::parse(&self.template).map_err(|e| flag("--template", e.to_string()))?;
         let by: Step = self.by.parse().map_err(|m| flag("--by", m))?;
         let from = parse_time(&self.from, tz, now).map_err(|m| flag("--from", m))?;
         let to = match &self.to {
@@ -82,7 +83,10 @@ impl Request {
             hours.off = parse_hours(s).map_err(|m| flag("--off-hours", m))?;
         }
         if self.every == 0 {
-            return Err(flag("--every", "--every 0 never advances; use 1 or more".to_owned()));
+            return Err(flag(
+                "--every",
+                "--every 0 never advances; use 1 or more".to_owned(),
+            ));
         }
         let mut rows = match &self.meta_file {
             Some(path) => read_meta_file(path)?,
@@ -101,12 +105,27 @@ impl Request {
                 })
                 .collect();
         }
-        if let Some(missing) = template.meta_keys().find(|k| rows.iter().any(|r| r.get(k).is_none())) {
+        if let Some(missing) = template
+            .meta_keys()
+            .find(|k| rows.iter().any(|r| r.get(k).is_none()))
+        {
             return Err(flag("--template", format!(
                 "{{meta:{missing}}} reads meta key {missing:?}; give it with --meta {missing}=VALUE or in every row of --meta-file"
             )));
         }
-        Ok(Backload { kind: self.kind.clone(), job: self.job.clone(), template, topic, from, to, by, every: self.every, at, hours, rows })
+        Ok(Backload {
+            kind: self.kind.clone(),
+            job: self.job.clone(),
+            template,
+            topic,
+            from,
+            to,
+            by,
+            every: self.every,
+            at,
+            hours,
+            rows,
+        })
     }
 }
 
@@ -132,7 +151,11 @@ pub fn parse_time(s: &str, tz: Tz, now: DateTime<Utc>) -> Result<DateTime<Tz>, S
     if let Ok(d) = NaiveDate::parse_from_str(&normalized, "%Y-%m-%d") {
         return local(d.and_time(NaiveTime::MIN));
     }
-    for (suffix, format) in [("", "%Y-%m-%dT%H:%M:%S"), ("", "%Y-%m-%dT%H:%M"), (":00", "%Y-%m-%dT%H:%M")] {
+    for (suffix, format) in [
+        ("", "%Y-%m-%dT%H:%M:%S"),
+        ("", "%Y-%m-%dT%H:%M"),
+        (":00", "%Y-%m-%dT%H:%M"),
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(&format!("{normalized}{suffix}"), format) {
             return local(t);
         }
@@ -141,7 +164,11 @@ pub fn parse_time(s: &str, tz: Tz, now: DateTime<Utc>) -> Result<DateTime<Tz>, S
 }
 
 fn parse_at(s: &str) -> Result<NaiveTime, String> {
-    let full = if s.contains(':') { s.to_owned() } else { format!("{s}:00") };
+    let full = if s.contains(':') {
+        s.to_owned()
+    } else {
+        format!("{s}:00")
+    };
     NaiveTime::parse_from_str(&full, "%H:%M")
         .map_err(|_| format!("{s:?} is not a time of day; write HH or HH:MM, like 06 or 06:30"))
 }
@@ -153,7 +180,9 @@ pub fn parse_hours(s: &str) -> Result<u32, String> {
         let hour = |h: &str| -> Result<u32, String> {
             match h.trim().parse::<u32>() {
                 Ok(v) if v < 24 => Ok(v),
-                _ => Err(format!("{h:?} in {s:?} is not an hour 0-23; write hours like 0-5,12,22-23")),
+                _ => Err(format!(
+                    "{h:?} in {s:?} is not an hour 0-23; write hours like 0-5,12,22-23"
+                )),
             }
         };
         let (lo, hi) = match item.split_once('-') {
@@ -161,12 +190,16 @@ pub fn parse_hours(s: &str) -> Result<u32, String> {
             None => (hour(item)?, hour(item)?),
         };
         if lo > hi {
-            return Err(format!("range {item:?} goes backwards; write the smaller hour first"));
+            return Err(format!(
+                "range {item:?} goes backwards; write the smaller hour first"
+            ));
         }
         (lo..=hi).for_each(|h| bits |= 1 << h);
     }
     if bits == 0 {
-        return Err(format!("{s:?} names no hour; write hours like 0-5,12,22-23"));
+        return Err(format!(
+            "{s:?} names no hour; write hours like 0-5,12,22-23"
+        ));
     }
     Ok(bits)
 }
@@ -185,15 +218,25 @@ pub fn parse_meta_list(s: &str) -> Result<(String, Vec<String>), String> {
 /// lines and lines starting with `#` are skipped). Errors name the file and line.
 pub fn read_meta_file(path: &Path) -> Result<Vec<Meta>, ConfigError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::flag(format!("--meta-file {name}"), format!("cannot read it ({e})")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::flag(
+            format!("--meta-file {name}"),
+            format!("cannot read it ({e})"),
+        )
+    })?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let at = |message: String| ConfigError { source_name: name.clone(), line: Some(i + 1), column: None, key: None, message };
+        let at = |message: String| ConfigError {
+            source_name: name.clone(),
+            line: Some(i + 1),
+            column: None,
+            key: None,
+            message,
+        };
         let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
             .map_err(|e| at(format!("not a JSON object ({e}); write one object per line, like {{\"region\":\"eu\"}}")))?;
         let mut meta = Meta::new();
@@ -202,19 +245,27 @@ pub fn read_meta_file(path: &Path) -> Result<Vec<Meta>, ConfigError> {
                 serde_json::Value::String(s) => s,
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),
-                other => return Err(at(format!("key {k:?} has {other}, which is not a string, number or boolean"))),
+                other => {
+                    return Err(at(format!(
+                        "key {k:?} has {other}, which is not a string, number or boolean"
+                    )))
+                }
             };
             meta.set(k, value);
         }
         rows.push(meta);
     }
     if rows.is_empty() {
-        return Err(ConfigError::flag(format!("--meta-file {name}"), "the file has no rows"));
+        return Err(ConfigError::flag(
+            format!("--meta-file {name}"),
+            "the file has no rows",
+        ));
     }
     Ok(rows)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -246,34 +297,64 @@ mod tests {
         assert_eq!(f("today"), "2024-03-10T00:00:00+00:00");
         assert_eq!(f("yesterday"), "2024-03-09T00:00:00+00:00");
         let paris = parse_time("2024-07-01", chrono_tz::Europe::Paris, now()).unwrap();
-        assert_eq!(paris.with_timezone(&Utc).to_rfc3339(), "2024-06-30T22:00:00+00:00");
+        assert_eq!(
+            paris.with_timezone(&Utc).to_rfc3339(),
+            "2024-06-30T22:00:00+00:00"
+        );
     }
 
     #[test]
     fn bad_flags_are_named() {
-        let err = request("2024-01-05", Some("2024/01/01")).build(now()).unwrap_err().to_string();
-        assert!(err.starts_with("--to: \"2024/01/01\" is not a time"), "{err}");
-        let err = request("yesterdayish", None).build(now()).unwrap_err().to_string();
+        let err = request("2024-01-05", Some("2024/01/01"))
+            .build(now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--to: \"2024/01/01\" is not a time"),
+            "{err}"
+        );
+        let err = request("yesterdayish", None)
+            .build(now())
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--from:"), "{err}");
         let mut r = request("2024-01-05", None);
         r.template = "{yyyy}{mmm}".into();
         let err = r.build(now()).unwrap_err().to_string();
-        assert!(err.starts_with("--template:") && err.contains("{mmm}"), "{err}");
+        assert!(
+            err.starts_with("--template:") && err.contains("{mmm}"),
+            "{err}"
+        );
         let mut r = request("2024-01-05", None);
         r.on_hours = Some("3-25".into());
-        assert!(r.build(now()).unwrap_err().to_string().starts_with("--on-hours:"));
+        assert!(r
+            .build(now())
+            .unwrap_err()
+            .to_string()
+            .starts_with("--on-hours:"));
         let mut r = request("2024-01-05", None);
         r.by = "fortnight".into();
         assert!(r.build(now()).unwrap_err().to_string().starts_with("--by:"));
         let mut r = request("2024-01-05", None);
         r.template = "{meta:region}".into();
-        assert!(r.build(now()).unwrap_err().to_string().contains("--meta region=VALUE"));
+        assert!(r
+            .build(now())
+            .unwrap_err()
+            .to_string()
+            .contains("--meta region=VALUE"));
     }
 
     #[test]
     fn reversed_range_runs_newest_first() {
-        let b = request("2024-01-05", Some("2024-01-03")).build(now()).unwrap();
-        let infos: Vec<_> = b.tasks(&b.times(100).unwrap()).unwrap().into_iter().map(|t| t.info).collect();
+        let b = request("2024-01-05", Some("2024-01-03"))
+            .build(now())
+            .unwrap();
+        let infos: Vec<_> = b
+            .tasks(&b.times(100).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.info)
+            .collect();
         assert_eq!(infos, ["20240105", "20240104", "20240103"]);
     }
 
@@ -281,17 +362,29 @@ mod tests {
     fn meta_lists_multiply_and_meta_files_name_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rows.jsonl");
-        std::fs::write(&path, "{\"region\":\"eu\",\"n\":1}\n\n{\"region\":\"us\",\"n\":2}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"region\":\"eu\",\"n\":1}\n\n{\"region\":\"us\",\"n\":2}\n",
+        )
+        .unwrap();
         let mut r = request("2024-01-05", None);
         r.meta_file = Some(path.clone());
         r.meta = vec!["tier=a,b".into()];
         r.template = "{meta:region}-{meta:tier}-{meta:n}".into();
         let b = r.build(now()).unwrap();
-        let infos: Vec<_> = b.tasks(&b.times(100).unwrap()).unwrap().into_iter().map(|t| t.info).collect();
+        let infos: Vec<_> = b
+            .tasks(&b.times(100).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.info)
+            .collect();
         assert_eq!(infos, ["eu-a-1", "eu-b-1", "us-a-2", "us-b-2"]);
         std::fs::write(&path, "{\"region\":\"eu\"}\n[1,2]\n").unwrap();
         let err = read_meta_file(&path).unwrap_err();
         assert_eq!(err.line, Some(2), "{err}");
-        assert!(err.to_string().contains("rows.jsonl:2: not a JSON object"), "{err}");
+        assert!(
+            err.to_string().contains("rows.jsonl:2: not a JSON object"),
+            "{err}"
+        );
     }
 }

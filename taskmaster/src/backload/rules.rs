@@ -3,7 +3,9 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Days, Months, NaiveDateTime, NaiveTime, SecondsFormat, TimeZone, Timelike, Utc};
+use chrono::{
+    DateTime, Days, Months, NaiveDateTime, NaiveTime, SecondsFormat, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 use taskbus_bus::task::meta::keys;
 use taskbus_bus::{Meta, Task};
@@ -60,7 +62,10 @@ pub struct HourFilter {
 
 impl Default for HourFilter {
     fn default() -> Self {
-        HourFilter { on: (1 << 24) - 1, off: 0 }
+        HourFilter {
+            on: (1 << 24) - 1,
+            off: 0,
+        }
     }
 }
 
@@ -136,7 +141,11 @@ impl Backload {
         let local = start.naive_local();
         let shift_days = |days: i64| -> Option<NaiveDateTime> {
             let d = Days::new(days.unsigned_abs());
-            if days >= 0 { local.checked_add_days(d) } else { local.checked_sub_days(d) }
+            if days >= 0 {
+                local.checked_add_days(d)
+            } else {
+                local.checked_sub_days(d)
+            }
         };
         let naive = match self.by {
             Step::Hour => return start.checked_add_signed(chrono::Duration::try_hours(k)?),
@@ -144,7 +153,11 @@ impl Backload {
             Step::Week => shift_days(k.checked_mul(7)?)?,
             Step::Month => {
                 let m = Months::new(u32::try_from(k.unsigned_abs()).ok()?);
-                if k >= 0 { local.checked_add_months(m)? } else { local.checked_sub_months(m)? }
+                if k >= 0 {
+                    local.checked_add_months(m)?
+                } else {
+                    local.checked_sub_months(m)?
+                }
             }
         };
         resolve(tz, naive)
@@ -154,7 +167,9 @@ impl Backload {
     pub fn tasks(&self, times: &[DateTime<Tz>]) -> Result<Vec<Task>, TemplateError> {
         let mut tasks = Vec::with_capacity(times.len() * self.rows.len());
         for t in times {
-            let scheduled = t.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::Secs, true);
+            let scheduled = t
+                .with_timezone(&Utc)
+                .to_rfc3339_opts(SecondsFormat::Secs, true);
             for row in &self.rows {
                 let info = self.template.render(&Vars::at(*t).meta(row))?;
                 let mut task = Task::new(&self.kind, info).job(&self.job);
@@ -170,17 +185,21 @@ impl Backload {
 /// A local time in `tz`: the first instant when it happens twice, the time after the jump when it
 /// does not exist.
 fn resolve(tz: Tz, t: NaiveDateTime) -> Option<DateTime<Tz>> {
-    tz.from_local_datetime(&t)
-        .earliest()
-        .or_else(|| tz.from_local_datetime(&(t + chrono::Duration::hours(1))).earliest())
+    tz.from_local_datetime(&t).earliest().or_else(|| {
+        tz.from_local_datetime(&(t + chrono::Duration::hours(1)))
+            .earliest()
+    })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn plan(from: &str, to: &str, by: Step) -> Backload {
-        let parse = |s: &str| chrono_tz::UTC.from_utc_datetime(&DateTime::parse_from_rfc3339(s).unwrap().naive_utc());
+        let parse = |s: &str| {
+            chrono_tz::UTC.from_utc_datetime(&DateTime::parse_from_rfc3339(s).unwrap().naive_utc())
+        };
         Backload {
             kind: "t".into(),
             job: String::new(),
@@ -197,35 +216,75 @@ mod tests {
     }
 
     fn infos(b: &Backload) -> Vec<String> {
-        b.tasks(&b.times(10_000).unwrap()).unwrap().into_iter().map(|t| t.info).collect()
+        b.tasks(&b.times(10_000).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.info)
+            .collect()
     }
 
     #[test]
     fn ranges_run_either_way() {
         let b = plan("2024-01-01T22:00:00Z", "2024-01-02T01:00:00Z", Step::Hour);
-        assert_eq!(infos(&b), ["2024-01-01T22", "2024-01-01T23", "2024-01-02T00", "2024-01-02T01"]);
+        assert_eq!(
+            infos(&b),
+            [
+                "2024-01-01T22",
+                "2024-01-01T23",
+                "2024-01-02T00",
+                "2024-01-02T01"
+            ]
+        );
         let b = plan("2024-01-02T01:00:00Z", "2024-01-01T22:00:00Z", Step::Hour);
-        assert_eq!(infos(&b), ["2024-01-02T01", "2024-01-02T00", "2024-01-01T23", "2024-01-01T22"]);
+        assert_eq!(
+            infos(&b),
+            [
+                "2024-01-02T01",
+                "2024-01-02T00",
+                "2024-01-01T23",
+                "2024-01-01T22"
+            ]
+        );
     }
 
     #[test]
     fn days_weeks_and_months_with_at_and_every() {
         let mut b = plan("2024-01-30T00:00:00Z", "2024-05-01T00:00:00Z", Step::Month);
-        assert_eq!(infos(&b), ["2024-01-30T00", "2024-02-29T00", "2024-03-30T00", "2024-04-30T00"]);
+        assert_eq!(
+            infos(&b),
+            [
+                "2024-01-30T00",
+                "2024-02-29T00",
+                "2024-03-30T00",
+                "2024-04-30T00"
+            ]
+        );
         b.by = Step::Week;
         b.every = 2;
         b.to = b.from + chrono::Duration::days(40);
-        assert_eq!(infos(&b), ["2024-01-30T00", "2024-02-13T00", "2024-02-27T00"]);
+        assert_eq!(
+            infos(&b),
+            ["2024-01-30T00", "2024-02-13T00", "2024-02-27T00"]
+        );
         let mut b = plan("2024-01-01T00:00:00Z", "2024-01-03T23:00:00Z", Step::Day);
         b.at = NaiveTime::from_hms_opt(6, 30, 0);
-        assert_eq!(infos(&b), ["2024-01-01T06", "2024-01-02T06", "2024-01-03T06"]);
+        assert_eq!(
+            infos(&b),
+            ["2024-01-01T06", "2024-01-02T06", "2024-01-03T06"]
+        );
     }
 
     #[test]
     fn hour_filters_and_limits() {
         let mut b = plan("2024-01-01T00:00:00Z", "2024-01-01T23:00:00Z", Step::Hour);
-        b.hours = HourFilter { on: 0b1111, off: 0b10 };
-        assert_eq!(infos(&b), ["2024-01-01T00", "2024-01-01T02", "2024-01-01T03"]);
+        b.hours = HourFilter {
+            on: 0b1111,
+            off: 0b10,
+        };
+        assert_eq!(
+            infos(&b),
+            ["2024-01-01T00", "2024-01-01T02", "2024-01-01T03"]
+        );
         b.hours = HourFilter::default();
         assert_eq!(b.times(5), Err(5));
     }
@@ -241,6 +300,10 @@ mod tests {
         assert_eq!(tasks[3].meta.get("scheduled"), Some("2024-01-01T01:00:00Z"));
         assert_eq!(tasks[3].meta.get("region"), Some("us"));
         b.rows = vec![Meta::new()];
-        assert!(b.tasks(&b.times(100).unwrap()).unwrap_err().to_string().contains("region"));
+        assert!(b
+            .tasks(&b.times(100).unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("region"));
     }
 }

@@ -23,6 +23,7 @@ pub async fn send(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -31,10 +32,15 @@ mod tests {
         let bus = Bus::connect("mem:backload-service-test").await.unwrap();
         let tasks: Vec<Task> = (0..1200).map(|i| Task::new("bl", i.to_string())).collect();
         let mut reports = Vec::new();
-        let n = send(&bus, "bl", &tasks, 32, |s| reports.push(s)).await.unwrap();
+        let n = send(&bus, "bl", &tasks, 32, |s| reports.push(s))
+            .await
+            .unwrap();
         assert_eq!(n, 1200);
         assert_eq!(reports, [512, 1024, 1200]);
-        let mut sub = bus.subscribe_with("bl", taskbus_bus::ConsumerOptions::group("g").finite(true)).await.unwrap();
+        let mut sub = bus
+            .subscribe_with("bl", taskbus_bus::ConsumerOptions::group("g").finite(true))
+            .await
+            .unwrap();
         let mut seen = 0;
         while let Some(r) = sub.next().await.unwrap() {
             seen += 1;

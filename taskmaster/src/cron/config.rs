@@ -129,9 +129,14 @@ fn rule(file: &ConfigFile, n: usize, raw: &RawRule) -> Result<Rule, ConfigError>
     };
     let mut meta = Vec::new();
     for (k, v) in &raw.meta {
-        let t = Template::parse(v.get_ref()).map_err(|e| err(v, &format!("meta.{k}"), e.to_string()))?;
+        let t = Template::parse(v.get_ref())
+            .map_err(|e| err(v, &format!("meta.{k}"), e.to_string()))?;
         if let Some(key) = t.meta_keys().next() {
-            return Err(err(v, &format!("meta.{k}"), format!("a meta value cannot read {{meta:{key}}}")));
+            return Err(err(
+                v,
+                &format!("meta.{k}"),
+                format!("a meta value cannot read {{meta:{key}}}"),
+            ));
         }
         meta.push((k.clone(), t));
     }
@@ -149,9 +154,12 @@ fn rule(file: &ConfigFile, n: usize, raw: &RawRule) -> Result<Rule, ConfigError>
     };
     let offset = match &raw.offset {
         Some(s) => match s.get_ref() {
-            RawOffset::Hours(h) => chrono::Duration::try_hours(*h)
-                .ok_or_else(|| file.error(s.span(), key("offset"), format!("{h} hours is too large")))?,
-            RawOffset::Text(t) => parse_offset(t).map_err(|m| file.error(s.span(), key("offset"), m))?,
+            RawOffset::Hours(h) => chrono::Duration::try_hours(*h).ok_or_else(|| {
+                file.error(s.span(), key("offset"), format!("{h} hours is too large"))
+            })?,
+            RawOffset::Text(t) => {
+                parse_offset(t).map_err(|m| file.error(s.span(), key("offset"), m))?
+            }
         },
         None => chrono::Duration::zero(),
     };
@@ -179,7 +187,9 @@ fn rule(file: &ConfigFile, n: usize, raw: &RawRule) -> Result<Rule, ConfigError>
 
 fn check_name(s: &Spanned<String>, what: &'static str) -> Result<(), String> {
     taskbus_bus::check_name("topic", s.get_ref()).map_err(|e| match e {
-        taskbus_bus::BusError::InvalidName { reason, .. } => format!("{what} {:?}: {reason}", s.get_ref()),
+        taskbus_bus::BusError::InvalidName { reason, .. } => {
+            format!("{what} {:?}: {reason}", s.get_ref())
+        }
         other => other.to_string(),
     })
 }

@@ -73,7 +73,8 @@ impl DirLedger {
     /// A ledger in `dir` (created when missing) whose claims are trusted for `lease`.
     pub fn new(dir: impl Into<PathBuf>, lease: Duration) -> Result<Self, TaskmasterError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| TaskmasterError::state("cannot create", &dir, e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TaskmasterError::state("cannot create", &dir, e))?;
         let owner = format!("{}:{}", crate::template::hostname(), std::process::id());
         Ok(DirLedger { dir, lease, owner })
     }
@@ -85,18 +86,29 @@ impl DirLedger {
 
     fn rule_dir(&self, rule: &str) -> Result<PathBuf, TaskmasterError> {
         let dir = self.dir.join(rule);
-        std::fs::create_dir_all(&dir).map_err(|e| TaskmasterError::state("cannot create", &dir, e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TaskmasterError::state("cannot create", &dir, e))?;
         Ok(dir)
     }
 
     fn horizon(&self, dir: &Path) -> Option<DateTime<Utc>> {
         let text = std::fs::read_to_string(dir.join("horizon")).ok()?;
-        DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| t.with_timezone(&Utc))
+        DateTime::parse_from_rfc3339(text.trim())
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
     }
 
     fn create_claim(&self, path: &Path) -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
-        writeln!(f, "claimed by {} at {}", self.owner, Utc::now().to_rfc3339())
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        writeln!(
+            f,
+            "claimed by {} at {}",
+            self.owner,
+            Utc::now().to_rfc3339()
+        )
     }
 
     fn take_over_stale(&self, claim: &Path) -> Result<Claim, TaskmasterError> {
@@ -129,12 +141,15 @@ fn tick_name(tick: DateTime<Utc>) -> String {
 }
 
 fn parse_tick(stem: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(stem, TICK_FORMAT).ok().map(|t| t.and_utc())
+    NaiveDateTime::parse_from_str(stem, TICK_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// The ticks in `dir`: file name stem → extension.
 fn list(dir: &Path) -> Result<Vec<(DateTime<Utc>, String, PathBuf)>, TaskmasterError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| TaskmasterError::state("cannot list", dir, e))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| TaskmasterError::state("cannot list", dir, e))?;
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -152,7 +167,11 @@ fn list(dir: &Path) -> Result<Vec<(DateTime<Utc>, String, PathBuf)>, TaskmasterE
 impl TickLedger for DirLedger {
     async fn last_sent(&self, rule: &str) -> Result<Option<DateTime<Utc>>, TaskmasterError> {
         let dir = self.rule_dir(rule)?;
-        Ok(list(&dir)?.into_iter().filter(|(_, ext, _)| ext == "sent").map(|(t, _, _)| t).max())
+        Ok(list(&dir)?
+            .into_iter()
+            .filter(|(_, ext, _)| ext == "sent")
+            .map(|(t, _, _)| t)
+            .max())
     }
 
     async fn claim(&self, rule: &str, tick: DateTime<Utc>) -> Result<Claim, TaskmasterError> {
@@ -184,15 +203,20 @@ impl TickLedger for DirLedger {
         let name = tick_name(tick);
         let sent = dir.join(format!("{name}.sent"));
         let text = format!("sent by {} at {}\n", self.owner, Utc::now().to_rfc3339());
-        std::fs::write(&sent, text).map_err(|e| TaskmasterError::state("cannot write", &sent, e))?;
+        std::fs::write(&sent, text)
+            .map_err(|e| TaskmasterError::state("cannot write", &sent, e))?;
         let _ = std::fs::remove_file(dir.join(format!("{name}.claim")));
         Ok(())
     }
 
     async fn release(&self, rule: &str, tick: DateTime<Utc>) -> Result<(), TaskmasterError> {
-        let claim = self.rule_dir(rule)?.join(format!("{}.claim", tick_name(tick)));
+        let claim = self
+            .rule_dir(rule)?
+            .join(format!("{}.claim", tick_name(tick)));
         match std::fs::remove_file(&claim) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(TaskmasterError::state("cannot remove", &claim, e)),
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(TaskmasterError::state("cannot remove", &claim, e))
+            }
             _ => Ok(()),
         }
     }
@@ -203,7 +227,11 @@ impl TickLedger for DirLedger {
             return Ok(());
         }
         let files = list(&dir)?;
-        let newest_sent = files.iter().filter(|(_, e, _)| e == "sent").map(|(t, _, _)| *t).max();
+        let newest_sent = files
+            .iter()
+            .filter(|(_, e, _)| e == "sent")
+            .map(|(t, _, _)| *t)
+            .max();
         for (tick, ext, path) in files {
             if tick < before && !(ext == "sent" && Some(tick) == newest_sent) {
                 let _ = std::fs::remove_file(path);
@@ -244,7 +272,13 @@ impl MemoryLedger {
 #[async_trait]
 impl TickLedger for MemoryLedger {
     async fn last_sent(&self, rule: &str) -> Result<Option<DateTime<Utc>>, TaskmasterError> {
-        Ok(self.with(rule, |r| r.ticks.iter().rev().find(|(_, sent)| **sent).map(|(t, _)| *t)))
+        Ok(self.with(rule, |r| {
+            r.ticks
+                .iter()
+                .rev()
+                .find(|(_, sent)| **sent)
+                .map(|(t, _)| *t)
+        }))
     }
 
     async fn claim(&self, rule: &str, tick: DateTime<Utc>) -> Result<Claim, TaskmasterError> {
@@ -280,6 +314,7 @@ impl TickLedger for MemoryLedger {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -294,13 +329,19 @@ mod tests {
         let mut handles = Vec::new();
         for _ in 0..8 {
             let ledger = DirLedger::new(dir.path(), DEFAULT_LEASE).unwrap();
-            handles.push(tokio::spawn(async move { ledger.claim("r", tick).await.unwrap() }));
+            handles.push(tokio::spawn(async move {
+                ledger.claim("r", tick).await.unwrap()
+            }));
         }
         let mut outcomes = Vec::new();
         for h in handles {
             outcomes.push(h.await.unwrap());
         }
-        assert_eq!(outcomes.iter().filter(|c| **c == Claim::Won).count(), 1, "{outcomes:?}");
+        assert_eq!(
+            outcomes.iter().filter(|c| **c == Claim::Won).count(),
+            1,
+            "{outcomes:?}"
+        );
         let a = DirLedger::new(dir.path(), DEFAULT_LEASE).unwrap();
         assert_eq!(a.claim("r", tick).await.unwrap(), Claim::Busy);
         a.mark_sent("r", tick).await.unwrap();
@@ -319,7 +360,11 @@ mod tests {
         assert_eq!(b.claim("r", tick).await.unwrap(), Claim::Busy);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(b.claim("r", tick).await.unwrap(), Claim::Won);
-        assert_eq!(b.claim("r", tick).await.unwrap(), Claim::Busy, "the new claim is fresh");
+        assert_eq!(
+            b.claim("r", tick).await.unwrap(),
+            Claim::Busy,
+            "the new claim is fresh"
+        );
         b.release("r", tick).await.unwrap();
         assert_eq!(b.claim("r", tick).await.unwrap(), Claim::Won);
     }
@@ -334,10 +379,19 @@ mod tests {
             l.mark_sent("r", t).await.unwrap();
         }
         l.prune("r", utc("2024-01-02T10:00:00Z")).await.unwrap();
-        assert_eq!(l.last_sent("r").await.unwrap(), Some(utc("2024-01-02T04:00:00Z")));
+        assert_eq!(
+            l.last_sent("r").await.unwrap(),
+            Some(utc("2024-01-02T04:00:00Z"))
+        );
         let left = std::fs::read_dir(dir.path().join("r")).unwrap().count();
         assert_eq!(left, 2, "the newest .sent and the horizon");
-        assert_eq!(l.claim("r", utc("2024-01-02T09:00:00Z")).await.unwrap(), Claim::Done);
-        assert_eq!(l.claim("r", utc("2024-01-02T10:00:00Z")).await.unwrap(), Claim::Won);
+        assert_eq!(
+            l.claim("r", utc("2024-01-02T09:00:00Z")).await.unwrap(),
+            Claim::Done
+        );
+        assert_eq!(
+            l.claim("r", utc("2024-01-02T10:00:00Z")).await.unwrap(),
+            Claim::Won
+        );
     }
 }

@@ -13,7 +13,8 @@ use crate::template::{Template, Vars};
 use crate::TemplateError;
 
 /// The namespace of the deterministic task ids of cron ticks (UUID v5).
-pub const TICK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b1d_2f0e_4c5a_4f4e_9a51_7c3e_2b8d_c0a1);
+pub const TICK_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6b1d_2f0e_4c5a_4f4e_9a51_7c3e_2b8d_c0a1);
 
 /// What to do with ticks that were missed (the app was down, or woke up late).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +45,9 @@ impl std::str::FromStr for CatchUp {
             "none" => Ok(CatchUp::None),
             "latest" => Ok(CatchUp::Latest),
             "all" => Ok(CatchUp::All),
-            other => Err(format!("{other:?} is not a catch-up policy; use none, latest or all")),
+            other => Err(format!(
+                "{other:?} is not a catch-up policy; use none, latest or all"
+            )),
         }
     }
 }
@@ -85,7 +88,10 @@ impl Rule {
             meta.set(key.clone(), template.render(&Vars::at(time))?);
         }
         let info = self.template.render(&Vars::at(time).meta(&meta))?;
-        meta.set(keys::SCHEDULED, tick.to_rfc3339_opts(SecondsFormat::Secs, true));
+        meta.set(
+            keys::SCHEDULED,
+            tick.to_rfc3339_opts(SecondsFormat::Secs, true),
+        );
         let mut task = Task::with_id(&self.kind, info, self.tick_id(tick)).job(&self.job);
         task.meta = meta;
         Ok(task)
@@ -212,12 +218,23 @@ impl Cron {
 
     fn due_for(&self, index: usize, cursor: DateTime<Utc>, now: DateTime<Utc>, due: &mut Due) {
         let rule = &self.rules[index];
-        let window = chrono::Duration::from_std(rule.catch_up_window).unwrap_or(chrono::Duration::MAX);
+        let window =
+            chrono::Duration::from_std(rule.catch_up_window).unwrap_or(chrono::Duration::MAX);
         let window_start = now.checked_sub_signed(window).unwrap_or(cursor).max(cursor);
         if window_start > cursor {
-            if let Some(first) = rule.schedule.next_after(cursor).filter(|t| *t <= window_start) {
+            if let Some(first) = rule
+                .schedule
+                .next_after(cursor)
+                .filter(|t| *t <= window_start)
+            {
                 let last = last_tick_until(&rule.schedule, first, window_start);
-                due.skipped.push(Skipped { rule: index, first, last, count: None, reason: "older than catch_up_window" });
+                due.skipped.push(Skipped {
+                    rule: index,
+                    first,
+                    last,
+                    count: None,
+                    reason: "older than catch_up_window",
+                });
             }
         }
         let on_time_from = now - self.grace;
@@ -225,7 +242,11 @@ impl Cron {
             .schedule
             .ticks_between(window_start, now)
             .partition(|t| *t < on_time_from);
-        let fire = |tick, catch_up| Fire { rule: index, tick, catch_up };
+        let fire = |tick, catch_up| Fire {
+            rule: index,
+            tick,
+            catch_up,
+        };
         let skip = |ticks: &[DateTime<Utc>], reason| {
             ticks.first().map(|first| Skipped {
                 rule: index,
@@ -239,11 +260,17 @@ impl Cron {
             CatchUp::None => due.skipped.extend(skip(&missed, "catch_up = none")),
             CatchUp::All => due.fires.extend(missed.iter().map(|t| fire(*t, true))),
             CatchUp::Latest if !on_time.is_empty() => {
-                due.skipped.extend(skip(&missed, "superseded by a newer tick (catch_up = latest)"));
+                due.skipped.extend(skip(
+                    &missed,
+                    "superseded by a newer tick (catch_up = latest)",
+                ));
             }
             CatchUp::Latest => {
                 if let Some((newest, older)) = missed.split_last() {
-                    due.skipped.extend(skip(older, "superseded by a newer tick (catch_up = latest)"));
+                    due.skipped.extend(skip(
+                        older,
+                        "superseded by a newer tick (catch_up = latest)",
+                    ));
                     due.fires.push(fire(*newest, true));
                 }
             }
@@ -253,7 +280,11 @@ impl Cron {
 }
 
 /// The last tick of `schedule` in `[first, until]`, found without walking every tick when they are many.
-fn last_tick_until(schedule: &Schedule, first: DateTime<Utc>, until: DateTime<Utc>) -> DateTime<Utc> {
+fn last_tick_until(
+    schedule: &Schedule,
+    first: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> DateTime<Utc> {
     let mut probe = until - chrono::Duration::seconds(1);
     let mut step = chrono::Duration::seconds(1);
     loop {
@@ -269,6 +300,7 @@ fn last_tick_until(schedule: &Schedule, first: DateTime<Utc>, until: DateTime<Ut
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::config::ConfigFile;
@@ -282,11 +314,17 @@ mod tests {
         let text = format!(
             "[[rule]]\nname = \"r\"\ncron = \"0 * * * *\"\ntype = \"t\"\ntemplate = \"{{yyyy}}-{{mm}}-{{dd}}T{{hh}}\"\n{extra}"
         );
-        Cron::new(config::parse(&ConfigFile::new("c.toml", text)).unwrap(), utc(start))
+        Cron::new(
+            config::parse(&ConfigFile::new("c.toml", text)).unwrap(),
+            utc(start),
+        )
     }
 
     fn ticks(due: &Due) -> Vec<(String, bool)> {
-        due.fires.iter().map(|f| (f.tick.format("%dT%H").to_string(), f.catch_up)).collect()
+        due.fires
+            .iter()
+            .map(|f| (f.tick.format("%dT%H").to_string(), f.catch_up))
+            .collect()
     }
 
     #[test]
@@ -294,7 +332,10 @@ mod tests {
         let mut c = cron("", "2024-01-02T10:30:00Z");
         assert!(c.due(utc("2024-01-02T10:59:59Z")).fires.is_empty());
         assert_eq!(c.next_wakeup(), Some(utc("2024-01-02T11:00:00Z")));
-        assert_eq!(ticks(&c.due(utc("2024-01-02T11:00:00Z"))), [("02T11".to_owned(), false)]);
+        assert_eq!(
+            ticks(&c.due(utc("2024-01-02T11:00:00Z"))),
+            [("02T11".to_owned(), false)]
+        );
         assert!(c.due(utc("2024-01-02T11:00:30Z")).fires.is_empty());
         assert_eq!(c.next_wakeup(), Some(utc("2024-01-02T12:00:00Z")));
     }
@@ -317,10 +358,20 @@ mod tests {
 
     #[test]
     fn catch_up_all_sends_every_tick_in_the_window() {
-        let mut c = cron("catch_up = \"all\"\ncatch_up_window = \"3h\"", "2024-01-02T00:00:00Z");
+        let mut c = cron(
+            "catch_up = \"all\"\ncatch_up_window = \"3h\"",
+            "2024-01-02T00:00:00Z",
+        );
         c.resume(0, utc("2024-01-02T00:00:00Z"));
         let due = c.due(utc("2024-01-02T10:30:00Z"));
-        assert_eq!(ticks(&due), [("02T08".to_owned(), true), ("02T09".to_owned(), true), ("02T10".to_owned(), true)]);
+        assert_eq!(
+            ticks(&due),
+            [
+                ("02T08".to_owned(), true),
+                ("02T09".to_owned(), true),
+                ("02T10".to_owned(), true)
+            ]
+        );
         assert_eq!(due.skipped.len(), 1);
         assert_eq!(due.skipped[0].reason, "older than catch_up_window");
         assert_eq!(due.skipped[0].first, utc("2024-01-02T01:00:00Z"));
@@ -348,7 +399,10 @@ mod tests {
         let a = rule.task(tick).unwrap();
         let b = rule.task(tick).unwrap();
         assert_eq!(a.id, b.id, "same tick, same id");
-        assert_ne!(a.id, rule.task(tick + chrono::Duration::hours(1)).unwrap().id);
+        assert_ne!(
+            a.id,
+            rule.task(tick + chrono::Duration::hours(1)).unwrap().id
+        );
         assert_eq!(a.info, "2024-01-02T23", "Tokyo is UTC+9, minus the offset");
         assert_eq!(a.kind, "t");
         assert_eq!(a.job, "j");

@@ -56,15 +56,37 @@ struct FieldSpec {
     names: &'static [&'static str],
 }
 
-const SECOND: FieldSpec = FieldSpec { name: "second", min: 0, max: 59, names: &[] };
-const MINUTE: FieldSpec = FieldSpec { name: "minute", min: 0, max: 59, names: &[] };
-const HOUR: FieldSpec = FieldSpec { name: "hour", min: 0, max: 23, names: &[] };
-const DAY: FieldSpec = FieldSpec { name: "day of month", min: 1, max: 31, names: &[] };
+const SECOND: FieldSpec = FieldSpec {
+    name: "second",
+    min: 0,
+    max: 59,
+    names: &[],
+};
+const MINUTE: FieldSpec = FieldSpec {
+    name: "minute",
+    min: 0,
+    max: 59,
+    names: &[],
+};
+const HOUR: FieldSpec = FieldSpec {
+    name: "hour",
+    min: 0,
+    max: 23,
+    names: &[],
+};
+const DAY: FieldSpec = FieldSpec {
+    name: "day of month",
+    min: 1,
+    max: 31,
+    names: &[],
+};
 const MONTH: FieldSpec = FieldSpec {
     name: "month",
     min: 1,
     max: 12,
-    names: &["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"],
+    names: &[
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ],
 };
 const WEEKDAY: FieldSpec = FieldSpec {
     name: "day of week",
@@ -110,7 +132,9 @@ impl Schedule {
         };
         let epoch = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(365 * 54);
         if schedule.next_after(epoch).is_none() {
-            return Err(error("it never fires (no such date); check the day and month fields".to_owned()));
+            return Err(error(
+                "it never fires (no such date); check the day and month fields".to_owned(),
+            ));
         }
         Ok(schedule)
     }
@@ -163,7 +187,10 @@ fn parse_every(rest: &str) -> Result<i64, String> {
         format!("@every needs a duration ({e}); write it like @every 30s or @every 15m")
     })?;
     if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
-        return Err(format!("@every {} must be a whole number of seconds, at least 1s", rest.trim()));
+        return Err(format!(
+            "@every {} must be a whole number of seconds, at least 1s",
+            rest.trim()
+        ));
     }
     i64::try_from(d.as_secs()).map_err(|_| "@every duration is too long".to_owned())
 }
@@ -213,7 +240,9 @@ fn parse_field(field: &str, spec: &FieldSpec) -> Result<u64, String> {
 fn parse_item(item: &str, spec: &FieldSpec) -> Result<u64, String> {
     let (range, step) = match item.split_once('/') {
         Some((r, s)) => {
-            let step: u32 = s.parse().map_err(|_| format!("step {s:?} is not a number"))?;
+            let step: u32 = s
+                .parse()
+                .map_err(|_| format!("step {s:?} is not a number"))?;
             if step == 0 {
                 return Err("a step of 0 never advances; use 1 or more".to_owned());
             }
@@ -233,7 +262,9 @@ fn parse_item(item: &str, spec: &FieldSpec) -> Result<u64, String> {
         (v, if step.is_some() { spec.max } else { v })
     };
     if lo > hi {
-        return Err(format!("range {range:?} goes backwards; write the smaller value first"));
+        return Err(format!(
+            "range {range:?} goes backwards; write the smaller value first"
+        ));
     }
     let mut bits = 0u64;
     let mut v = lo;
@@ -303,7 +334,11 @@ impl Fields {
 }
 
 fn first_of_next_month(t: NaiveDateTime) -> Option<NaiveDateTime> {
-    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
+    let (y, m) = if t.month() == 12 {
+        (t.year() + 1, 1)
+    } else {
+        (t.year(), t.month() + 1)
+    };
     NaiveDate::from_ymd_opt(y, m, 1)?.and_hms_opt(0, 0, 0)
 }
 
@@ -314,7 +349,9 @@ fn resolve(tz: Tz, t: NaiveDateTime) -> Option<DateTime<Utc>> {
         LocalResult::Single(x) => Some(x.with_timezone(&Utc)),
         LocalResult::Ambiguous(first, _) => Some(first.with_timezone(&Utc)),
         LocalResult::None => {
-            let before = tz.from_local_datetime(&(t - chrono::Duration::hours(4))).earliest()?;
+            let before = tz
+                .from_local_datetime(&(t - chrono::Duration::hours(4)))
+                .earliest()?;
             let offset = chrono::Offset::fix(before.offset());
             Some(DateTime::from_naive_utc_and_offset(t - offset, Utc))
         }
@@ -322,6 +359,7 @@ fn resolve(tz: Tz, t: NaiveDateTime) -> Option<DateTime<Utc>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -347,63 +385,144 @@ mod tests {
 
     #[test]
     fn five_and_six_fields() {
-        assert_eq!(take("*/15 * * * *", "2024-01-02T10:07:00Z", 3),
-            ["2024-01-02T10:15:00", "2024-01-02T10:30:00", "2024-01-02T10:45:00"]);
-        assert_eq!(take("*/20 * * * * *", "2024-01-02T10:07:59Z", 3),
-            ["2024-01-02T10:08:00", "2024-01-02T10:08:20", "2024-01-02T10:08:40"]);
-        assert_eq!(take("0 30 9 * * MON-FRI", "2024-01-05T10:00:00Z", 2),
-            ["2024-01-08T09:30:00", "2024-01-09T09:30:00"]);
-        assert_eq!(take("0 0 1,15 * *", "2024-01-01T00:00:00Z", 3),
-            ["2024-01-15T00:00:00", "2024-02-01T00:00:00", "2024-02-15T00:00:00"]);
-        assert_eq!(take("0 12 * JAN,jul *", "2024-01-31T12:00:00Z", 1), ["2024-07-01T12:00:00"]);
-        assert_eq!(take("5/20 * * * *", "2024-01-02T10:45:00Z", 2), ["2024-01-02T11:05:00", "2024-01-02T11:25:00"]);
+        assert_eq!(
+            take("*/15 * * * *", "2024-01-02T10:07:00Z", 3),
+            [
+                "2024-01-02T10:15:00",
+                "2024-01-02T10:30:00",
+                "2024-01-02T10:45:00"
+            ]
+        );
+        assert_eq!(
+            take("*/20 * * * * *", "2024-01-02T10:07:59Z", 3),
+            [
+                "2024-01-02T10:08:00",
+                "2024-01-02T10:08:20",
+                "2024-01-02T10:08:40"
+            ]
+        );
+        assert_eq!(
+            take("0 30 9 * * MON-FRI", "2024-01-05T10:00:00Z", 2),
+            ["2024-01-08T09:30:00", "2024-01-09T09:30:00"]
+        );
+        assert_eq!(
+            take("0 0 1,15 * *", "2024-01-01T00:00:00Z", 3),
+            [
+                "2024-01-15T00:00:00",
+                "2024-02-01T00:00:00",
+                "2024-02-15T00:00:00"
+            ]
+        );
+        assert_eq!(
+            take("0 12 * JAN,jul *", "2024-01-31T12:00:00Z", 1),
+            ["2024-07-01T12:00:00"]
+        );
+        assert_eq!(
+            take("5/20 * * * *", "2024-01-02T10:45:00Z", 2),
+            ["2024-01-02T11:05:00", "2024-01-02T11:25:00"]
+        );
     }
 
     #[test]
     fn restricted_day_fields_match_either() {
         // The 13th, or any Friday.
-        assert_eq!(take("0 0 13 * 5", "2024-09-01T00:00:00Z", 3),
-            ["2024-09-06T00:00:00", "2024-09-13T00:00:00", "2024-09-20T00:00:00"]);
+        assert_eq!(
+            take("0 0 13 * 5", "2024-09-01T00:00:00Z", 3),
+            [
+                "2024-09-06T00:00:00",
+                "2024-09-13T00:00:00",
+                "2024-09-20T00:00:00"
+            ]
+        );
         // Sunday as 0 and as 7.
-        assert_eq!(take("0 0 * * 7", "2024-01-01T00:00:00Z", 1), take("0 0 * * 0", "2024-01-01T00:00:00Z", 1));
-        assert_eq!(take("0 0 29 2 *", "2024-03-01T00:00:00Z", 1), ["2028-02-29T00:00:00"]);
+        assert_eq!(
+            take("0 0 * * 7", "2024-01-01T00:00:00Z", 1),
+            take("0 0 * * 0", "2024-01-01T00:00:00Z", 1)
+        );
+        assert_eq!(
+            take("0 0 29 2 *", "2024-03-01T00:00:00Z", 1),
+            ["2028-02-29T00:00:00"]
+        );
     }
 
     #[test]
     fn shorthands() {
-        assert_eq!(take("@hourly", "2024-01-02T10:07:00Z", 1), ["2024-01-02T11:00:00"]);
-        assert_eq!(take("@daily", "2024-01-02T10:07:00Z", 1), ["2024-01-03T00:00:00"]);
-        assert_eq!(take("@weekly", "2024-01-02T10:07:00Z", 1), ["2024-01-07T00:00:00"]);
-        assert_eq!(take("@monthly", "2024-01-02T10:07:00Z", 1), ["2024-02-01T00:00:00"]);
-        assert_eq!(take("@yearly", "2024-01-02T10:07:00Z", 1), ["2025-01-01T00:00:00"]);
-        assert_eq!(take("@every 90s", "2024-01-02T10:07:00Z", 2), ["2024-01-02T10:07:30", "2024-01-02T10:09:00"]);
+        assert_eq!(
+            take("@hourly", "2024-01-02T10:07:00Z", 1),
+            ["2024-01-02T11:00:00"]
+        );
+        assert_eq!(
+            take("@daily", "2024-01-02T10:07:00Z", 1),
+            ["2024-01-03T00:00:00"]
+        );
+        assert_eq!(
+            take("@weekly", "2024-01-02T10:07:00Z", 1),
+            ["2024-01-07T00:00:00"]
+        );
+        assert_eq!(
+            take("@monthly", "2024-01-02T10:07:00Z", 1),
+            ["2024-02-01T00:00:00"]
+        );
+        assert_eq!(
+            take("@yearly", "2024-01-02T10:07:00Z", 1),
+            ["2025-01-01T00:00:00"]
+        );
+        assert_eq!(
+            take("@every 90s", "2024-01-02T10:07:00Z", 2),
+            ["2024-01-02T10:07:30", "2024-01-02T10:09:00"]
+        );
     }
 
     #[test]
     fn time_zones_and_daylight_saving() {
         let paris = chrono_tz::Europe::Paris;
-        assert_eq!(next("0 9 * * *", paris, "2024-07-01T00:00:00Z"), "2024-07-01T07:00:00+00:00");
-        assert_eq!(next("0 9 * * *", paris, "2024-01-01T00:00:00Z"), "2024-01-01T08:00:00+00:00");
+        assert_eq!(
+            next("0 9 * * *", paris, "2024-07-01T00:00:00Z"),
+            "2024-07-01T07:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 9 * * *", paris, "2024-01-01T00:00:00Z"),
+            "2024-01-01T08:00:00+00:00"
+        );
         // 2024-03-31 02:30 does not exist in Paris: it fires at 03:30 local (01:30 UTC).
-        assert_eq!(next("30 2 * * *", paris, "2024-03-30T12:00:00Z"), "2024-03-31T01:30:00+00:00");
+        assert_eq!(
+            next("30 2 * * *", paris, "2024-03-30T12:00:00Z"),
+            "2024-03-31T01:30:00+00:00"
+        );
         // 2024-10-27 02:30 happens twice: it fires once, the first time (00:30 UTC).
         let s = Schedule::parse("30 2 * * *", paris).unwrap();
         let first = s.next_after(utc("2024-10-26T12:00:00Z")).unwrap();
         assert_eq!(first.to_rfc3339(), "2024-10-27T00:30:00+00:00");
-        assert_eq!(s.next_after(first).unwrap().to_rfc3339(), "2024-10-28T01:30:00+00:00");
+        assert_eq!(
+            s.next_after(first).unwrap().to_rfc3339(),
+            "2024-10-28T01:30:00+00:00"
+        );
     }
 
     #[test]
     fn ticks_between_is_half_open() {
         let s = Schedule::parse("*/10 * * * *", chrono_tz::UTC).unwrap();
-        let ticks: Vec<_> = s.ticks_between(utc("2024-01-02T10:00:00Z"), utc("2024-01-02T10:30:00Z")).collect();
-        assert_eq!(ticks, [utc("2024-01-02T10:10:00Z"), utc("2024-01-02T10:20:00Z"), utc("2024-01-02T10:30:00Z")]);
+        let ticks: Vec<_> = s
+            .ticks_between(utc("2024-01-02T10:00:00Z"), utc("2024-01-02T10:30:00Z"))
+            .collect();
+        assert_eq!(
+            ticks,
+            [
+                utc("2024-01-02T10:10:00Z"),
+                utc("2024-01-02T10:20:00Z"),
+                utc("2024-01-02T10:30:00Z")
+            ]
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
         let err = |e: &str| Schedule::parse(e, chrono_tz::UTC).unwrap_err().to_string();
-        assert!(err("61 * * * *").contains("minute field \"61\": 61 is out of range 0-59"), "{}", err("61 * * * *"));
+        assert!(
+            err("61 * * * *").contains("minute field \"61\": 61 is out of range 0-59"),
+            "{}",
+            err("61 * * * *")
+        );
         assert!(err("* * * *").contains("4 fields"));
         assert!(err("0 25 * * *").contains("hour"));
         assert!(err("0 0 * FOO *").contains("month field \"FOO\""));

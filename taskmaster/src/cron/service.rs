@@ -31,7 +31,12 @@ pub struct CronService {
 
 impl CronService {
     /// A service sending the ticks of `rules` to `bus`, agreeing with other replicas through `ledger`.
-    pub fn new(bus: Bus, rules: Vec<Rule>, ledger: Arc<dyn TickLedger>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        bus: Bus,
+        rules: Vec<Rule>,
+        ledger: Arc<dyn TickLedger>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let cron = Cron::new(rules, clock.now());
         CronService {
             bus,
@@ -108,7 +113,11 @@ impl CronService {
     }
 
     /// Claims and sends one tick. `Ok(false)` when shutdown came while the bus was failing.
-    async fn fire(&mut self, fire: Fire, shutdown: &CancellationToken) -> Result<bool, TaskmasterError> {
+    async fn fire(
+        &mut self,
+        fire: Fire,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, TaskmasterError> {
         let rule = &self.cron.rules()[fire.rule];
         let task = match rule.task(fire.tick) {
             Ok(task) => task,
@@ -124,7 +133,8 @@ impl CronService {
             }
             Claim::Busy => {
                 tracing::debug!(rule = %rule.name, tick = %fire.tick, "tick claimed by another replica");
-                let again = self.clock.now() + chrono::Duration::from_std(self.lease).unwrap_or_default();
+                let again =
+                    self.clock.now() + chrono::Duration::from_std(self.lease).unwrap_or_default();
                 self.busy.push((fire.rule, fire.tick, again));
                 return Ok(true);
             }
@@ -154,11 +164,26 @@ impl CronService {
         Ok(true)
     }
 
-    async fn recheck_busy(&mut self, now: DateTime<Utc>, shutdown: &CancellationToken) -> Result<(), TaskmasterError> {
-        let (ready, waiting): (Vec<_>, Vec<_>) = self.busy.drain(..).partition(|(_, _, at)| *at <= now);
+    async fn recheck_busy(
+        &mut self,
+        now: DateTime<Utc>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), TaskmasterError> {
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.busy.drain(..).partition(|(_, _, at)| *at <= now);
         self.busy = waiting;
         for (rule, tick, _) in ready {
-            if !self.fire(Fire { rule, tick, catch_up: true }, shutdown).await? {
+            if !self
+                .fire(
+                    Fire {
+                        rule,
+                        tick,
+                        catch_up: true,
+                    },
+                    shutdown,
+                )
+                .await?
+            {
                 break;
             }
         }
@@ -170,10 +195,15 @@ impl CronService {
             return Ok(());
         }
         self.last_prune = Some(now);
-        let margin = chrono::Duration::from_std(self.lease).unwrap_or_default() + chrono::Duration::hours(1);
+        let margin =
+            chrono::Duration::from_std(self.lease).unwrap_or_default() + chrono::Duration::hours(1);
         for rule in self.cron.rules() {
-            let window = chrono::Duration::from_std(rule.catch_up_window).unwrap_or(chrono::Duration::MAX);
-            if let Some(before) = now.checked_sub_signed(window).and_then(|t| t.checked_sub_signed(margin)) {
+            let window =
+                chrono::Duration::from_std(rule.catch_up_window).unwrap_or(chrono::Duration::MAX);
+            if let Some(before) = now
+                .checked_sub_signed(window)
+                .and_then(|t| t.checked_sub_signed(margin))
+            {
                 self.ledger.prune(&rule.name, before).await?;
             }
         }

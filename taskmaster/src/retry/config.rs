@@ -79,57 +79,100 @@ pub fn load(path: &Path) -> Result<RetryConfig, ConfigError> {
 /// Checks a file already read.
 pub fn parse(file: &ConfigFile) -> Result<RetryConfig, ConfigError> {
     let raw: RawFile = file.parse()?;
-    let name = |s: &Option<Spanned<String>>, key: &str, default: &str| -> Result<String, ConfigError> {
-        match s {
-            Some(s) => {
-                check(s.get_ref()).map_err(|m| file.error(s.span(), key, m))?;
-                Ok(s.get_ref().clone())
+    let name =
+        |s: &Option<Spanned<String>>, key: &str, default: &str| -> Result<String, ConfigError> {
+            match s {
+                Some(s) => {
+                    check(s.get_ref()).map_err(|m| file.error(s.span(), key, m))?;
+                    Ok(s.get_ref().clone())
+                }
+                None => Ok(default.to_owned()),
             }
-            None => Ok(default.to_owned()),
-        }
-    };
+        };
     let done_topic = name(&raw.done_topic, "done_topic", "done")?;
     let group = name(&raw.group, "group", "retry")?;
     let failed_topic = name(&raw.failed_topic, "failed_topic", "failed")?;
     if raw.rule.is_empty() {
-        return Err(ConfigError::flag(file.name(), "no rules: add a [[rule]] table with type, retries and delay"));
+        return Err(ConfigError::flag(
+            file.name(),
+            "no rules: add a [[rule]] table with type, retries and delay",
+        ));
     }
     let mut rules: Vec<RetryRule> = Vec::new();
     for (i, r) in raw.rule.iter().enumerate() {
         let rule = rule(file, i + 1, r.get_ref())?;
-        if let Some(j) = rules.iter().position(|o| o.kind == rule.kind && o.job == rule.job) {
-            return Err(file.error(r.span(), format!("rule[{}]", i + 1), format!(
-                "rule[{}] already covers type {:?}{}; merge the two", j + 1, rule.kind,
-                rule.job.as_ref().map(|j| format!(" job {j:?}")).unwrap_or_default()
-            )));
+        if let Some(j) = rules
+            .iter()
+            .position(|o| o.kind == rule.kind && o.job == rule.job)
+        {
+            return Err(file.error(
+                r.span(),
+                format!("rule[{}]", i + 1),
+                format!(
+                    "rule[{}] already covers type {:?}{}; merge the two",
+                    j + 1,
+                    rule.kind,
+                    rule.job
+                        .as_ref()
+                        .map(|j| format!(" job {j:?}"))
+                        .unwrap_or_default()
+                ),
+            ));
         }
         rules.push(rule);
     }
-    Ok(RetryConfig { done_topic, group, rules: RetryRules { rules, failed_topic } })
+    Ok(RetryConfig {
+        done_topic,
+        group,
+        rules: RetryRules {
+            rules,
+            failed_topic,
+        },
+    })
 }
 
 fn rule(file: &ConfigFile, n: usize, raw: &RawRule) -> Result<RetryRule, ConfigError> {
     let key = |k: &str| format!("rule[{n}].{k}");
-    let dur = |s: &Spanned<String>, k: &str| parse_duration(s.get_ref()).map_err(|m| file.error(s.span(), key(k), m));
+    let dur = |s: &Spanned<String>, k: &str| {
+        parse_duration(s.get_ref()).map_err(|m| file.error(s.span(), key(k), m))
+    };
     let kind = raw.kind.get_ref().clone();
     if kind != "*" {
         check(&kind).map_err(|m| file.error(raw.kind.span(), key("type"), m))?;
     }
-    let mut policy = Policy { retries: raw.retries.unwrap_or(3), ..Policy::default() };
+    let mut policy = Policy {
+        retries: raw.retries.unwrap_or(3),
+        ..Policy::default()
+    };
     if let Some(d) = &raw.delay {
         policy.delay = dur(d, "delay")?;
     }
     let factor = raw.factor.as_ref().map(|f| (*f.get_ref(), f.span()));
-    policy.backoff = match raw.backoff.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+    policy.backoff = match raw
+        .backoff
+        .as_ref()
+        .map(|b| (b.get_ref().as_str(), b.span()))
+    {
         None | Some(("fixed", _)) => Backoff::Fixed,
         Some(("linear", _)) => Backoff::Linear,
-        Some(("exponential", _)) => Backoff::Exponential { factor: factor.as_ref().map_or(2.0, |f| f.0) },
-        Some((other, span)) => return Err(file.error(span, key("backoff"), format!(
-            "{other:?} is not a backoff; use fixed, linear or exponential"))),
+        Some(("exponential", _)) => Backoff::Exponential {
+            factor: factor.as_ref().map_or(2.0, |f| f.0),
+        },
+        Some((other, span)) => {
+            return Err(file.error(
+                span,
+                key("backoff"),
+                format!("{other:?} is not a backoff; use fixed, linear or exponential"),
+            ))
+        }
     };
     if let Some((f, span)) = factor {
         if !matches!(policy.backoff, Backoff::Exponential { .. }) {
-            return Err(file.error(span, key("factor"), "factor only applies to backoff = \"exponential\""));
+            return Err(file.error(
+                span,
+                key("factor"),
+                "factor only applies to backoff = \"exponential\"",
+            ));
         }
         if !(f.is_finite() && f >= 1.0) {
             return Err(file.error(span, key("factor"), format!("factor {f} must be 1 or more")));
@@ -142,7 +185,8 @@ fn rule(file: &ConfigFile, n: usize, raw: &RawRule) -> Result<RetryRule, ConfigE
         policy.max_delay = Some(dur(m, "max_delay")?);
     }
     if let Some(results) = &raw.results {
-        policy.results = results_of(results.get_ref()).map_err(|m| file.error(results.span(), key("results"), m))?;
+        policy.results = results_of(results.get_ref())
+            .map_err(|m| file.error(results.span(), key("results"), m))?;
     }
     policy.retry_on.clone_from(&raw.retry_on);
     policy.no_retry_on.clone_from(&raw.no_retry_on);
@@ -150,7 +194,11 @@ fn rule(file: &ConfigFile, n: usize, raw: &RawRule) -> Result<RetryRule, ConfigE
         check(t.get_ref()).map_err(|m| file.error(t.span(), key("topic"), m))?;
         policy.topic = Some(t.get_ref().clone());
     }
-    Ok(RetryRule { kind, job: raw.job.clone(), policy })
+    Ok(RetryRule {
+        kind,
+        job: raw.job.clone(),
+        policy,
+    })
 }
 
 fn results_of(list: &[String]) -> Result<Vec<TaskResult>, String> {
@@ -164,7 +212,10 @@ fn results_of(list: &[String]) -> Result<Vec<TaskResult>, String> {
         }
     }
     if out.is_empty() {
-        return Err("results is empty, so the rule would never retry; write [\"error\"] or remove the rule".to_owned());
+        return Err(
+            "results is empty, so the rule would never retry; write [\"error\"] or remove the rule"
+                .to_owned(),
+        );
     }
     Ok(out)
 }
@@ -174,6 +225,7 @@ fn check(name: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::time::Duration;
@@ -187,7 +239,14 @@ mod tests {
         let c = parse_str(
             "failed_topic = \"dead\"\n[[rule]]\ntype = \"flaky\"\nretries = 2\ndelay = \"1s\"\nbackoff = \"exponential\"\nfactor = 3.0\njitter = \"100ms\"\nmax_delay = \"5s\"\n",
         ).unwrap();
-        assert_eq!((c.done_topic.as_str(), c.group.as_str(), c.rules.failed_topic.as_str()), ("done", "retry", "dead"));
+        assert_eq!(
+            (
+                c.done_topic.as_str(),
+                c.group.as_str(),
+                c.rules.failed_topic.as_str()
+            ),
+            ("done", "retry", "dead")
+        );
         let p = &c.rules.rules[0].policy;
         assert_eq!(p.retries, 2);
         assert_eq!(p.backoff, Backoff::Exponential { factor: 3.0 });
@@ -196,15 +255,39 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_key() {
-        let err = parse_str("[[rule]]\ntype = \"flaky\"\nretrys = 2\n").unwrap_err().to_string();
-        assert!(err.starts_with("retry.toml:3:1:") && err.contains("retrys"), "{err}");
-        let err = parse_str("[[rule]]\ntype = \"flaky\"\nresults = [\"warn\"]\n").unwrap_err().to_string();
-        assert!(err.starts_with("retry.toml:3:") && err.contains("rule[1].results") && err.contains("never retried"), "{err}");
-        let err = parse_str("[[rule]]\ntype = \"flaky\"\ndelay = \"soon\"\n").unwrap_err().to_string();
-        assert!(err.contains("rule[1].delay") && err.contains("30s"), "{err}");
-        let err = parse_str("[[rule]]\ntype = \"flaky\"\nbackoff = \"random\"\n").unwrap_err().to_string();
+        let err = parse_str("[[rule]]\ntype = \"flaky\"\nretrys = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("retry.toml:3:1:") && err.contains("retrys"),
+            "{err}"
+        );
+        let err = parse_str("[[rule]]\ntype = \"flaky\"\nresults = [\"warn\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("retry.toml:3:")
+                && err.contains("rule[1].results")
+                && err.contains("never retried"),
+            "{err}"
+        );
+        let err = parse_str("[[rule]]\ntype = \"flaky\"\ndelay = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rule[1].delay") && err.contains("30s"),
+            "{err}"
+        );
+        let err = parse_str("[[rule]]\ntype = \"flaky\"\nbackoff = \"random\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("rule[1].backoff"), "{err}");
-        let err = parse_str("[[rule]]\ntype = \"a\"\n[[rule]]\ntype = \"a\"\n").unwrap_err().to_string();
-        assert!(err.contains("retry.toml:3:") && err.contains("merge"), "{err}");
+        let err = parse_str("[[rule]]\ntype = \"a\"\n[[rule]]\ntype = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retry.toml:3:") && err.contains("merge"),
+            "{err}"
+        );
     }
 }

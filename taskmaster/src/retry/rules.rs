@@ -77,7 +77,8 @@ impl Policy {
             Backoff::Fixed => self.delay,
             Backoff::Linear => self.delay.saturating_mul(n),
             Backoff::Exponential { factor } => {
-                let secs = self.delay.as_secs_f64() * factor.powi(i32::try_from(n - 1).unwrap_or(i32::MAX));
+                let secs = self.delay.as_secs_f64()
+                    * factor.powi(i32::try_from(n - 1).unwrap_or(i32::MAX));
                 Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
             }
         };
@@ -146,7 +147,9 @@ impl RetryRules {
     /// The rule for `task`: type and job, then type alone, then `*`.
     pub fn find(&self, task: &Task) -> Option<&RetryRule> {
         let by = |kind: &str, job: Option<&str>| {
-            self.rules.iter().find(|r| r.kind == kind && r.job.as_deref() == job)
+            self.rules
+                .iter()
+                .find(|r| r.kind == kind && r.job.as_deref() == job)
         };
         by(&task.kind, Some(&task.job))
             .or_else(|| by(&task.kind, None))
@@ -160,7 +163,10 @@ impl RetryRules {
         let Some(result) = done.result else {
             return Decision::Ignore("not a done task (no result)".to_owned());
         };
-        if matches!(result, TaskResult::Complete | TaskResult::Warn | TaskResult::Alert) {
+        if matches!(
+            result,
+            TaskResult::Complete | TaskResult::Warn | TaskResult::Alert
+        ) {
             return Decision::Ignore(format!("result {result} is never retried"));
         }
         let Some(rule) = self.find(done) else {
@@ -175,15 +181,34 @@ impl RetryRules {
         failed.meta.append(HISTORY, history_entry(done, attempt));
         let fail = |mut task: Task, reason: String| {
             task.meta.set(FAILED_REASON, &reason);
-            Decision::Fail { task, topic: self.failed_topic.clone(), reason }
+            Decision::Fail {
+                task,
+                topic: self.failed_topic.clone(),
+                reason,
+            }
         };
         if done.meta.get(keys::NO_RETRY).is_some_and(is_true) {
-            return fail(failed, "the worker asked not to retry (no_retry)".to_owned());
+            return fail(
+                failed,
+                "the worker asked not to retry (no_retry)".to_owned(),
+            );
         }
-        if let Some(word) = policy.no_retry_on.iter().find(|w| done.msg.contains(w.as_str())) {
-            return fail(failed, format!("the message contains {word:?} (no_retry_on)"));
+        if let Some(word) = policy
+            .no_retry_on
+            .iter()
+            .find(|w| done.msg.contains(w.as_str()))
+        {
+            return fail(
+                failed,
+                format!("the message contains {word:?} (no_retry_on)"),
+            );
         }
-        if !policy.retry_on.is_empty() && !policy.retry_on.iter().any(|w| done.msg.contains(w.as_str())) {
+        if !policy.retry_on.is_empty()
+            && !policy
+                .retry_on
+                .iter()
+                .any(|w| done.msg.contains(w.as_str()))
+        {
             return fail(failed, "the message matches nothing in retry_on".to_owned());
         }
         if attempt >= policy.retries {
@@ -195,9 +220,20 @@ impl RetryRules {
         };
         let anchor = done.ended.unwrap_or(now);
         let due = anchor + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-        if let Ok(Some(deadline)) = done.meta.get(keys::DEADLINE).map(taskbus_bus::task::time::parse).transpose() {
+        if let Ok(Some(deadline)) = done
+            .meta
+            .get(keys::DEADLINE)
+            .map(taskbus_bus::task::time::parse)
+            .transpose()
+        {
             if deadline.is_some_and(|d| due > d) {
-                return fail(failed, format!("the next retry, due {}, would start after the deadline", fmt(due)));
+                return fail(
+                    failed,
+                    format!(
+                        "the next retry, due {}, would start after the deadline",
+                        fmt(due)
+                    ),
+                );
             }
         }
         let task = retry_task(failed, attempt + 1);
@@ -238,6 +274,7 @@ fn retry_task(mut task: Task, attempt: u32) -> Task {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -247,7 +284,11 @@ mod tests {
 
     fn rules(policy: Policy) -> RetryRules {
         RetryRules {
-            rules: vec![RetryRule { kind: "flaky".into(), job: None, policy }],
+            rules: vec![RetryRule {
+                kind: "flaky".into(),
+                job: None,
+                policy,
+            }],
             failed_topic: "failed".into(),
         }
     }
@@ -266,23 +307,44 @@ mod tests {
 
     #[test]
     fn backoffs_grow_and_are_capped() {
-        let p = |backoff| Policy { delay: Duration::from_secs(10), backoff, ..Policy::default() };
-        let secs = |p: &Policy| (1..=4).map(|n| p.delay_for(n, "x").as_secs()).collect::<Vec<_>>();
+        let p = |backoff| Policy {
+            delay: Duration::from_secs(10),
+            backoff,
+            ..Policy::default()
+        };
+        let secs = |p: &Policy| {
+            (1..=4)
+                .map(|n| p.delay_for(n, "x").as_secs())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(secs(&p(Backoff::Fixed)), [10, 10, 10, 10]);
         assert_eq!(secs(&p(Backoff::Linear)), [10, 20, 30, 40]);
-        assert_eq!(secs(&p(Backoff::Exponential { factor: 2.0 })), [10, 20, 40, 80]);
-        let capped = Policy { max_delay: Some(Duration::from_secs(25)), ..p(Backoff::Exponential { factor: 2.0 }) };
+        assert_eq!(
+            secs(&p(Backoff::Exponential { factor: 2.0 })),
+            [10, 20, 40, 80]
+        );
+        let capped = Policy {
+            max_delay: Some(Duration::from_secs(25)),
+            ..p(Backoff::Exponential { factor: 2.0 })
+        };
         assert_eq!(secs(&capped), [10, 20, 25, 25]);
     }
 
     #[test]
     fn jitter_is_bounded_and_stable_per_task_and_attempt() {
-        let p = Policy { delay: Duration::from_secs(10), jitter: Duration::from_secs(5), ..Policy::default() };
+        let p = Policy {
+            delay: Duration::from_secs(10),
+            jitter: Duration::from_secs(5),
+            ..Policy::default()
+        };
         let mut seen = std::collections::HashSet::new();
         for i in 0..50 {
             let id = format!("task-{i}");
             let d = p.delay_for(1, &id);
-            assert!(d >= Duration::from_secs(10) && d < Duration::from_secs(15), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(10) && d < Duration::from_secs(15),
+                "{d:?}"
+            );
             assert_eq!(d, p.delay_for(1, &id));
             seen.insert(d);
         }
@@ -291,22 +353,45 @@ mod tests {
 
     #[test]
     fn retries_keep_the_id_count_attempts_and_anchor_on_the_end_time() {
-        let r = rules(Policy { retries: 2, delay: Duration::from_secs(10), backoff: Backoff::Linear, ..Policy::default() });
+        let r = rules(Policy {
+            retries: 2,
+            delay: Duration::from_secs(10),
+            backoff: Backoff::Linear,
+            ..Policy::default()
+        });
         let now = utc("2024-01-02T12:00:00Z");
-        let Decision::Retry { task, topic, due } = r.decide(&failed(0, TaskResult::Error), now) else { panic!() };
-        assert_eq!((task.id.as_str(), topic.as_str(), task.attempt()), ("id-1", "flaky", 1));
+        let Decision::Retry { task, topic, due } = r.decide(&failed(0, TaskResult::Error), now)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (task.id.as_str(), topic.as_str(), task.attempt()),
+            ("id-1", "flaky", 1)
+        );
         assert_eq!(due, utc("2024-01-02T10:00:15Z"));
         assert!(task.result.is_none() && task.ended.is_none() && task.msg.is_empty());
-        assert_eq!(task.meta.get_all(HISTORY).collect::<Vec<_>>(), ["0|error|2024-01-02T10:00:05Z|boom"]);
+        assert_eq!(
+            task.meta.get_all(HISTORY).collect::<Vec<_>>(),
+            ["0|error|2024-01-02T10:00:05Z|boom"]
+        );
         let mut second = task.clone();
         second.result = Some(TaskResult::Error);
         second.ended = Some(utc("2024-01-02T10:01:00Z"));
         second.msg = "boom again".into();
-        let Decision::Retry { task, due, .. } = r.decide(&second, now) else { panic!() };
+        let Decision::Retry { task, due, .. } = r.decide(&second, now) else {
+            panic!()
+        };
         assert_eq!((task.attempt(), due), (2, utc("2024-01-02T10:01:20Z")));
         let mut third = task;
         third.result = Some(TaskResult::Error);
-        let Decision::Fail { task, topic, reason } = r.decide(&third, now) else { panic!() };
+        let Decision::Fail {
+            task,
+            topic,
+            reason,
+        } = r.decide(&third, now)
+        else {
+            panic!()
+        };
         assert_eq!(topic, "failed");
         assert!(reason.contains("after 2 retries"), "{reason}");
         assert_eq!(task.meta.get_all(HISTORY).count(), 3);
@@ -318,12 +403,18 @@ mod tests {
         let r = rules(Policy::default());
         let now = utc("2024-01-02T12:00:00Z");
         for result in [TaskResult::Complete, TaskResult::Warn, TaskResult::Alert] {
-            assert!(matches!(r.decide(&failed(0, result), now), Decision::Ignore(_)));
+            assert!(matches!(
+                r.decide(&failed(0, result), now),
+                Decision::Ignore(_)
+            ));
         }
         let mut other = failed(0, TaskResult::Error);
         other.kind = "steady".into();
         assert!(matches!(r.decide(&other, now), Decision::Ignore(_)));
-        assert!(matches!(r.decide(&Task::new("flaky", "x"), now), Decision::Ignore(_)));
+        assert!(matches!(
+            r.decide(&Task::new("flaky", "x"), now),
+            Decision::Ignore(_)
+        ));
     }
 
     #[test]
@@ -332,23 +423,36 @@ mod tests {
         let now = utc("2024-01-02T12:00:00Z");
         let mut no = failed(0, TaskResult::Error);
         no.meta.set("no_retry", "true");
-        assert!(matches!(r.decide(&no, now), Decision::Fail { reason, .. } if reason.contains("no_retry")));
+        assert!(
+            matches!(r.decide(&no, now), Decision::Fail { reason, .. } if reason.contains("no_retry"))
+        );
         let mut after = failed(0, TaskResult::Error);
         after.meta.set("retry_after", "2m");
-        let Decision::Retry { task, due, .. } = r.decide(&after, now) else { panic!() };
+        let Decision::Retry { task, due, .. } = r.decide(&after, now) else {
+            panic!()
+        };
         assert_eq!(due, utc("2024-01-02T10:02:05Z"));
         assert_eq!(task.meta.get("retry_after"), None);
         let mut late = failed(0, TaskResult::Error);
         late.meta.set("deadline", "2024-01-02T10:00:10Z");
-        assert!(matches!(r.decide(&late, now), Decision::Fail { reason, .. } if reason.contains("deadline")));
+        assert!(
+            matches!(r.decide(&late, now), Decision::Fail { reason, .. } if reason.contains("deadline"))
+        );
     }
 
     #[test]
     fn message_filters_and_rule_precedence() {
-        let p = Policy { no_retry_on: vec!["bad input".into()], retry_on: vec!["timeout".into(), "boom".into()], ..Policy::default() };
+        let p = Policy {
+            no_retry_on: vec!["bad input".into()],
+            retry_on: vec!["timeout".into(), "boom".into()],
+            ..Policy::default()
+        };
         let r = rules(p);
         let now = utc("2024-01-02T12:00:00Z");
-        assert!(matches!(r.decide(&failed(0, TaskResult::Error), now), Decision::Retry { .. }));
+        assert!(matches!(
+            r.decide(&failed(0, TaskResult::Error), now),
+            Decision::Retry { .. }
+        ));
         let mut bad = failed(0, TaskResult::Error);
         bad.msg = "boom: bad input".into();
         assert!(matches!(r.decide(&bad, now), Decision::Fail { .. }));
@@ -357,10 +461,19 @@ mod tests {
         assert!(matches!(r.decide(&other, now), Decision::Fail { .. }));
 
         let rule = |kind: &str, job: Option<&str>, retries| RetryRule {
-            kind: kind.into(), job: job.map(Into::into), policy: Policy { retries, ..Policy::default() },
+            kind: kind.into(),
+            job: job.map(Into::into),
+            policy: Policy {
+                retries,
+                ..Policy::default()
+            },
         };
         let r = RetryRules {
-            rules: vec![rule("*", None, 1), rule("flaky", None, 2), rule("flaky", Some("j"), 3)],
+            rules: vec![
+                rule("*", None, 1),
+                rule("flaky", None, 2),
+                rule("flaky", Some("j"), 3),
+            ],
             failed_topic: "failed".into(),
         };
         let mut t = failed(0, TaskResult::Error);

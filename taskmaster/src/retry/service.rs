@@ -62,7 +62,12 @@ struct Ctx {
 impl RetryService {
     /// A service applying `config` to the done tasks on `bus`.
     pub fn new(bus: Bus, config: RetryConfig, clock: Arc<dyn Clock>) -> Self {
-        RetryService { bus, config, clock, options: RetryOptions::default() }
+        RetryService {
+            bus,
+            config,
+            clock,
+            options: RetryOptions::default(),
+        }
     }
 
     /// Sets the options (builder style).
@@ -75,8 +80,12 @@ impl RetryService {
     /// On shutdown, held retries are nacked at once, for another replica or the next start; a
     /// killed app's held retries come back when their lease runs out.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TaskmasterError> {
-        let options = ConsumerOptions::group(&self.config.group).max_in_flight(self.options.max_pending);
-        let mut sub = self.bus.subscribe_with(&self.config.done_topic, options).await?;
+        let options =
+            ConsumerOptions::group(&self.config.group).max_in_flight(self.options.max_pending);
+        let mut sub = self
+            .bus
+            .subscribe_with(&self.config.done_topic, options)
+            .await?;
         tracing::info!(topic = %self.config.done_topic, group = %self.config.group,
             rules = self.config.rules.rules.len(), "retrying failed tasks");
         let ctx = Ctx {
@@ -121,12 +130,18 @@ impl Ctx {
                 tracing::debug!(id = %received.task.id, kind = %received.task.kind_job(), %reason, "not retried");
                 settle(received.ack().await);
             }
-            Decision::Fail { task, topic, reason } => {
+            Decision::Fail {
+                task,
+                topic,
+                reason,
+            } => {
                 tracing::warn!(id = %task.id, kind = %task.kind_job(), attempt = task.attempt(), %reason, %topic,
                     "task failed for good");
                 self.publish(received, &topic, &task).await;
             }
-            Decision::Retry { task, topic, due } if due <= now => self.publish(received, &topic, &task).await,
+            Decision::Retry { task, topic, due } if due <= now => {
+                self.publish(received, &topic, &task).await;
+            }
             Decision::Retry { task, topic, due } => {
                 let wait = (due - now).to_std().unwrap_or_default();
                 let hold_is_safe = self.caps.in_progress || !self.caps.lease_redelivery;

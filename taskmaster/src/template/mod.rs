@@ -193,6 +193,7 @@ fn pod(host: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
@@ -202,15 +203,23 @@ mod tests {
     }
 
     fn render(t: &str, time: DateTime<Tz>) -> String {
-        Template::parse(t).unwrap().render(&Vars::at(time).host("web-7f9c-x2x1")).unwrap()
+        Template::parse(t)
+            .unwrap()
+            .render(&Vars::at(time).host("web-7f9c-x2x1"))
+            .unwrap()
     }
 
     #[test]
     fn date_placeholders_in_any_case() {
         let t = at(2024, 1, 2, 15, 4, 5);
-        assert_eq!(render("{yyyy}-{MM}-{Dd}T{HH}:{min}:{ss} {YY}", t), "2024-01-02T15:04:05 24");
-        assert_eq!(render("{TS}|{SLUG}|{hour_slug}|{DAY_SLUG}|{month_slug}", t),
-            "20240102T150405|2024/01/02/15|2024/01/02/15|2024/01/02|2024/01");
+        assert_eq!(
+            render("{yyyy}-{MM}-{Dd}T{HH}:{min}:{ss} {YY}", t),
+            "2024-01-02T15:04:05 24"
+        );
+        assert_eq!(
+            render("{TS}|{SLUG}|{hour_slug}|{DAY_SLUG}|{month_slug}", t),
+            "20240102T150405|2024/01/02/15|2024/01/02/15|2024/01/02|2024/01"
+        );
     }
 
     #[test]
@@ -245,7 +254,9 @@ mod tests {
         let t = Template::parse("?x={meta:region}&y={META:run-id}").unwrap();
         assert_eq!(t.meta_keys().collect::<Vec<_>>(), ["region", "run-id"]);
         let meta: Meta = "region=eu&run-id=7".parse().unwrap();
-        let out = t.render(&Vars::at(at(2024, 1, 2, 0, 0, 0)).meta(&meta)).unwrap();
+        let out = t
+            .render(&Vars::at(at(2024, 1, 2, 0, 0, 0)).meta(&meta))
+            .unwrap();
         assert_eq!(out, "?x=eu&y=7");
         let err = t.render(&Vars::at(at(2024, 1, 2, 0, 0, 0))).unwrap_err();
         assert!(err.to_string().contains("\"region\""), "{err}");
@@ -258,12 +269,18 @@ mod tests {
         assert!(msg.contains("{dday}"), "{msg}");
         assert!(msg.contains("byte 14"), "{msg}");
         assert!(msg.contains("{DAY_SLUG}"), "{msg}");
-        assert!(Template::parse("{meta:}").unwrap_err().to_string().contains("{meta:KEY}"));
+        assert!(Template::parse("{meta:}")
+            .unwrap_err()
+            .to_string()
+            .contains("{meta:KEY}"));
     }
 
     #[test]
     fn other_braces_are_text() {
         let t = at(2024, 1, 2, 0, 0, 0);
-        assert_eq!(render(r#"{"day":"{yyyy}-{mm}-{dd}"} {} { x } {"#, t), r#"{"day":"2024-01-02"} {} { x } {"#);
+        assert_eq!(
+            render(r#"{"day":"{yyyy}-{mm}-{dd}"} {} { x } {"#, t),
+            r#"{"day":"2024-01-02"} {} { x } {"#
+        );
     }
 }

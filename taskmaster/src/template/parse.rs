@@ -3,7 +3,8 @@
 use crate::TemplateError;
 
 /// The placeholders taskbus knows, for error messages.
-pub(super) const KNOWN: &str = "{yyyy} {yy} {mm} {dd} {hh} {min} {ss} {TS} {SLUG} {HOUR_SLUG} {DAY_SLUG} \
+pub(super) const KNOWN: &str =
+    "{yyyy} {yy} {mm} {dd} {hh} {min} {ss} {TS} {SLUG} {HOUR_SLUG} {DAY_SLUG} \
 {MONTH_SLUG} {host} {pod} {uuid} {meta:KEY} (names in any case; nothing after '#' is replaced)";
 
 /// One piece of a compiled template.
@@ -74,7 +75,9 @@ fn looks_like_placeholder(inner: &str) -> bool {
     match inner.split_once(':') {
         Some((prefix, key)) => {
             prefix.eq_ignore_ascii_case("meta")
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         }
         None => word(inner),
     }
