@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kafka_support::{base_url, bootstrap, connect, test_url, unique};
+use kafka_support::{base_url, batched_url, bootstrap, connect, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -143,7 +143,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn pipeline_throughput_taskbus_and_raw_rdkafka() {
     let n = env_number("TASKBUS_BENCH_TASKS", 20_000);
     let runs = env_number("TASKBUS_BENCH_RUNS", 3);
-    let url = test_url(&base_url(), "");
+    let url = batched_url(&base_url(), "");
     let bus = connect(&url).await;
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
     for run in 1..=runs {

@@ -70,8 +70,9 @@ use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use super::consumer::KafkaConsumer;
+use super::context::PumpContext;
 use super::producer::Producer;
-use super::pump::{Pump, PumpContext};
+use super::pump::Pump;
 use super::settings::Settings;
 use super::state::Shared;
 use crate::config::BusUrl;
@@ -146,10 +147,14 @@ impl Backend for KafkaBackend {
                 self.producer.url
             )
         };
-        let consumer: BaseConsumer<PumpContext> = settings
+        let mut consumer: BaseConsumer<PumpContext> = settings
             .consumer(&group_id, options.finite)
             .create_with_context(PumpContext::new(shared.clone()))
             .map_err(|e| BusError::broker(op(), e))?;
+        let waker = shared.clone();
+        consumer.set_nonempty_callback(move || waker.wake());
+        let consumer = Arc::new(consumer);
+        consumer.context().attach(&consumer);
         consumer
             .subscribe(&[topic])
             .map_err(|e| BusError::broker(op(), e))?;

@@ -8,6 +8,8 @@ use crate::{Backend, BusError};
 #[cfg(feature = "kafka")]
 mod consumer;
 #[cfg(feature = "kafka")]
+mod context;
+#[cfg(feature = "kafka")]
 mod enabled;
 #[cfg(feature = "kafka")]
 mod headers;

@@ -9,8 +9,8 @@
 //!   re-published copy meant for another group);
 //! - stores, for the periodic auto-commit, each partition's offset up to the lowest message not yet
 //!   done;
-//! - pauses its partitions while the application holds `max_in_flight` messages, and resumes them
-//!   at half that;
+//! - takes messages from its partition queues ([`super::context`]) only while the application
+//!   holds fewer than `max_in_flight`; the rest wait, prefetched, in librdkafka;
 //! - on a rebalance, stops handing out messages of revoked partitions, waits for the handed-out ones
 //!   while their leases last, and commits what is done before letting them go;
 //! - once its consumer is closed and nothing it handed out is unsettled (or at once when the bus
@@ -21,16 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message as _};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::context::{commit, partition_list, KafkaConsumer};
 use super::headers::Redelivery;
-use super::logs;
 use super::offsets::{Seen, State};
 use super::state::{Shared, Ticket};
 
@@ -53,100 +50,12 @@ pub(super) struct Fetched {
     pub(super) deliveries: u32,
 }
 
-/// The consumer's context: rebalances and logs.
-pub(super) struct PumpContext {
-    shared: Arc<Shared>,
-}
-
-impl PumpContext {
-    pub(super) fn new(shared: Arc<Shared>) -> Self {
-        PumpContext { shared }
-    }
-
-    fn ours(&self, tpl: &TopicPartitionList) -> Vec<i32> {
-        tpl.elements_for_topic(&self.shared.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect()
-    }
-}
-
-impl ClientContext for PumpContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        logs::log(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        logs::error(&error, reason);
-    }
-}
-
-impl ConsumerContext for PumpContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
-        };
-        let partitions = self.ours(tpl);
-        let lost = consumer.assignment_lost();
-        let positions = self.shared.revoke(&partitions, !lost);
-        tracing::debug!(topic = %self.shared.topic, ?partitions, lost, ?positions, "partitions revoked");
-        if !lost {
-            commit(consumer, &self.shared.topic, &positions);
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let partitions = self.ours(tpl);
-                tracing::debug!(topic = %self.shared.topic, ?partitions, "partitions assigned");
-                let mut inner = self.shared.lock();
-                for p in partitions {
-                    if !inner.claims.contains_key(&p) {
-                        inner.claim(p);
-                    }
-                }
-                inner.assigned = true;
-                inner.assignments += 1;
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => {
-                tracing::warn!(topic = %self.shared.topic, error = %e, "consumer group rebalance failed");
-            }
-        }
-    }
-}
-
-/// Stores and synchronously commits `positions` of `topic`.
-fn commit(consumer: &BaseConsumer<PumpContext>, topic: &str, positions: &[(i32, i64)]) {
-    let Some(tpl) = partition_list(topic, positions) else {
-        return;
-    };
-    // Stored first, so librdkafka's own commit on unassign commits the same positions.
-    if let Err(e) = consumer.store_offsets(&tpl) {
-        tracing::debug!(topic, error = %e, "cannot store offsets before committing");
-    }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-        tracing::warn!(topic, error = %e, ?positions, "cannot commit offsets; messages after the last \
-            committed offset will be delivered again");
-    }
-}
-
-fn partition_list(topic: &str, positions: &[(i32, i64)]) -> Option<TopicPartitionList> {
-    if positions.is_empty() {
-        return None;
-    }
-    let mut tpl = TopicPartitionList::with_capacity(positions.len());
-    for &(p, o) in positions {
-        // Cannot fail: an absolute offset is always representable.
-        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
-    }
-    Some(tpl)
-}
+/// How many messages to take from one partition queue before looking at the next.
+const BATCH: usize = 64;
 
 /// The poll loop of one consumer.
 pub(super) struct Pump {
-    consumer: BaseConsumer<PumpContext>,
+    consumer: Arc<KafkaConsumer>,
     shared: Arc<Shared>,
     tx: UnboundedSender<Item>,
     max_in_flight: usize,
@@ -154,15 +63,21 @@ pub(super) struct Pump {
     /// Messages held back until their not-before time, by (due, sequence).
     delayed: BTreeMap<(Instant, u64), Fetched>,
     sequence: u64,
-    paused: bool,
-    /// The assignment count when pausing was last applied.
-    applied: u64,
     ended: bool,
+}
+
+/// What one look at the queues found.
+#[derive(Default)]
+struct Round {
+    /// Something arrived or happened.
+    busy: bool,
+    /// The consumer failed for good.
+    failed: bool,
 }
 
 impl Pump {
     pub(super) fn new(
-        consumer: BaseConsumer<PumpContext>,
+        consumer: Arc<KafkaConsumer>,
         shared: Arc<Shared>,
         tx: UnboundedSender<Item>,
         max_in_flight: usize,
@@ -176,8 +91,6 @@ impl Pump {
             finite,
             delayed: BTreeMap::new(),
             sequence: 0,
-            paused: false,
-            applied: 0,
             ended: false,
         }
     }
@@ -185,7 +98,7 @@ impl Pump {
     /// Polls until the consumer is closed and settled, or the bus closes; then commits and leaves.
     pub(super) fn run(mut self) {
         loop {
-            let (in_flight, closing, assignments) = {
+            let (in_flight, closing) = {
                 let inner = self.shared.lock();
                 if inner.shutdown || (inner.closing && inner.in_flight() == 0) {
                     break;
@@ -194,46 +107,100 @@ impl Pump {
                     self.ended = true;
                     let _ = self.tx.send(Item::End);
                 }
-                (inner.in_flight(), inner.closing, inner.assignments)
+                (inner.in_flight(), inner.closing)
             };
             self.store();
             self.release_due();
-            let pause = closing
-                || in_flight >= self.max_in_flight
-                || (self.paused && in_flight > self.max_in_flight / 2);
-            self.flow(pause, assignments);
-            let timeout = if pause {
-                // Nothing to fetch: wait for a settle instead, then serve rebalances.
-                let inner = self.shared.lock();
-                drop(self.shared.wait(inner, Duration::from_millis(50)));
-                Duration::ZERO
+            let room = if closing {
+                0
             } else {
-                self.next_due().map_or(Duration::from_millis(100), |d| {
+                self.max_in_flight.saturating_sub(in_flight)
+            };
+            let mut round = self.events();
+            if room > 0 {
+                let taken = self.take(room);
+                round.busy |= taken.busy;
+                round.failed |= taken.failed;
+            }
+            if round.failed {
+                break;
+            }
+            if !round.busy {
+                let idle = self.next_due().map_or(Duration::from_millis(100), |d| {
                     d.min(Duration::from_millis(100))
-                })
-            };
-            let held = match self.consumer.poll(timeout) {
-                None => None,
-                Some(Ok(message)) => self.fetched(&message),
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    self.shared.lock().eof.insert(p);
-                    None
-                }
-                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
-                    let _ = self.tx.send(Item::Failed(e.to_string()));
-                    break;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(topic = %self.shared.topic, error = %e, "error while consuming");
-                    None
-                }
-            };
-            if let Some((due, fetched)) = held {
-                self.sequence += 1;
-                self.delayed.insert((due, self.sequence), fetched);
+                });
+                self.shared.sleep(idle);
             }
         }
         self.finish();
+    }
+
+    /// Serves the consumer queue: rebalances, errors, and any message not split off.
+    fn events(&mut self) -> Round {
+        let mut round = Round::default();
+        let consumer = self.consumer.clone();
+        while let Some(polled) = consumer.poll(Duration::ZERO) {
+            round.busy = true;
+            if self.handle(polled) {
+                round.failed = true;
+                break;
+            }
+        }
+        round
+    }
+
+    /// Takes up to `room` messages from the partition queues, a batch from each in turn.
+    fn take(&mut self, mut room: usize) -> Round {
+        let mut round = Round::default();
+        let consumer = self.consumer.clone();
+        let queues = consumer.context().queues();
+        let mut more = true;
+        while room > 0 && more {
+            more = false;
+            for queue in queues.values() {
+                for _ in 0..BATCH.min(room) {
+                    let Some(polled) = queue.poll(Duration::ZERO) else {
+                        break;
+                    };
+                    round.busy = true;
+                    more = true;
+                    room -= 1;
+                    if self.handle(polled) {
+                        round.failed = true;
+                        return round;
+                    }
+                }
+                if room == 0 {
+                    break;
+                }
+            }
+        }
+        round
+    }
+
+    /// Handles one poll result; true when the consumer failed for good.
+    fn handle(&mut self, polled: KafkaResult<BorrowedMessage<'_>>) -> bool {
+        match polled {
+            Ok(message) => {
+                if let Some((due, fetched)) = self.fetched(&message) {
+                    self.sequence += 1;
+                    self.delayed.insert((due, self.sequence), fetched);
+                }
+                false
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                self.shared.lock().eof.insert(p);
+                false
+            }
+            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                let _ = self.tx.send(Item::Failed(e.to_string()));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.shared.topic, error = %e, "error while consuming");
+                false
+            }
+        }
     }
 
     /// Handles one fetched message; returns it with its due time when it is to be held back.
@@ -320,36 +287,15 @@ impl Pump {
         }
     }
 
-    /// Pauses or resumes fetching (again after every new assignment).
-    fn flow(&mut self, pause: bool, assignments: u64) {
-        if pause == self.paused && assignments == self.applied {
-            return;
-        }
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let result = if pause {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        match result {
-            Ok(()) => {
-                self.paused = pause;
-                self.applied = assignments;
-            }
-            Err(e) => {
-                tracing::debug!(topic = %self.shared.topic, error = %e, pause, "cannot pause or resume");
-            }
-        }
-    }
-
     /// Commits what is done and leaves the group.
     fn finish(self) {
         let positions = self.shared.positions();
         commit(&self.consumer, &self.shared.topic, &positions);
-        tracing::debug!(topic = %self.shared.topic, group = %self.shared.group, ?positions, "consumer leaves its group");
-        // Dropping the consumer leaves the group (its revoke callback commits once more).
+        tracing::debug!(topic = %self.shared.topic, group = %self.shared.group, ?positions,
+            "consumer leaves its group");
+        // The partition queues hold the consumer; once they are gone, dropping it leaves the group
+        // (its revoke callback commits once more).
+        self.consumer.context().drop_queues();
         drop(self.consumer);
     }
 }

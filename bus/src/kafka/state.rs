@@ -42,8 +42,8 @@ pub(super) struct Inner {
     pub(super) shutdown: bool,
     /// A partition assignment has arrived at least once.
     pub(super) assigned: bool,
-    /// How many assignments have arrived (the poll thread re-applies a pause after each).
-    pub(super) assignments: u64,
+    /// Something for the poll thread to look at (messages arrived, a settle, a close).
+    wake: bool,
     /// Partitions whose end this consumer reached (finite consumers).
     pub(super) eof: HashSet<i32>,
     /// Per partition, the highest offset of a copy this consumer re-published (a nack): a finite
@@ -126,9 +126,24 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes whoever waits for a settle (a rebalance, a closing poll thread).
+    /// Wakes whoever waits for a settle (a rebalance, the poll thread).
     pub(super) fn notify(&self) {
+        self.lock().wake = true;
         self.changed.notify_all();
+    }
+
+    /// Wakes the poll thread: messages or events arrived (called by librdkafka's threads).
+    pub(super) fn wake(&self) {
+        self.notify();
+    }
+
+    /// The poll thread's nap: returns at once when woken since the last nap, else within `timeout`.
+    pub(super) fn sleep(&self, timeout: Duration) {
+        let mut inner = self.lock();
+        if !inner.wake {
+            inner = self.wait(inner, timeout);
+        }
+        inner.wake = false;
     }
 
     /// Waits up to `timeout` for a settle.

@@ -43,6 +43,19 @@ pub fn test_url(base: &str, extra: &str) -> String {
     url
 }
 
+/// `base` with the test session timeout and `extra` options, batching as usual (for measurements:
+/// one message per batch costs tansu most of its throughput; a new group reading a topic from its
+/// start never starts inside a batch).
+pub fn batched_url(base: &str, extra: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut url = format!("{base}{sep}session_timeout={}ms", LEASE.as_millis());
+    if !extra.is_empty() {
+        url.push('&');
+        url.push_str(extra);
+    }
+    url
+}
+
 /// Logs to stderr when `RUST_LOG` is set (`RUST_LOG=taskbus_bus=debug,librdkafka=info`).
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
