@@ -19,7 +19,10 @@ pub enum OtherTypes {
 }
 
 /// What the launcher does with a task still running when a shutdown's `worker_kill_time` has passed
-/// (or a second signal came) and its worker did not finish within `cancel_grace` of being cancelled.
+/// (or a second signal came). Its cancellation token fires; a worker that still returns `complete`
+/// within `cancel_grace` counts as complete. Otherwise — it returned something else, which is taken
+/// to be the effect of the cancellation, or it did not return and its future was dropped — this rule
+/// applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OnShutdown {
@@ -88,7 +91,9 @@ pub struct LauncherOptions {
     pub finite: bool,
     /// What happens to tasks cut off by a shutdown.
     pub on_shutdown: OnShutdown,
-    /// Listen for SIGINT and SIGTERM (Ctrl-C elsewhere).
+    /// Listen for SIGINT and SIGTERM (Ctrl-C elsewhere). Tokio's handlers stay installed for the
+    /// rest of the process, so after the launcher returns these signals no longer end the process by
+    /// themselves: a binary should return from `main`, as it does when `run` returns.
     pub handle_signals: bool,
     /// The nack delay of a task whose done task could not be published.
     pub publish_retry_delay: Duration,
