@@ -159,9 +159,9 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tasks {per_sec} eta {eta}")
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} tasks ({percent}%), eta {eta}",
+    ) {
         bar.set_style(style);
     }
     Some(bar)

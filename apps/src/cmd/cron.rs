@@ -15,8 +15,26 @@ use tokio_util::sync::CancellationToken;
 use super::failure::usage;
 use super::Global;
 
+const EXAMPLES: &str = "\
+A rules file (cron.toml):
+  [[rule]]
+  name = \"hourly-report\"
+  cron = \"0 5 * * * *\"          # 5 fields, 6 with seconds first, @hourly, @every 30s
+  timezone = \"Europe/Paris\"     # default UTC
+  type = \"report\"
+  template = \"s3://bucket/{SLUG}/data.json?day={yyyy}-{mm}-{dd}\"
+  offset = \"-1h\"
+  catch_up = \"latest\"           # none | latest | all, within catch_up_window (24h)
+
+Examples:
+  taskbus cron --config cron.toml --next 5     check the file and show the next ticks
+  taskbus --bus file://./data cron --config cron.toml
+
+Replicas sharing the bus (and the --state directory) send each tick once.";
+
 /// Options of `taskbus cron`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = EXAMPLES)]
 pub(crate) struct Args {
     /// The rules file (TOML, [[rule]] tables; see the taskmaster docs).
     #[arg(long, value_name = "FILE")]

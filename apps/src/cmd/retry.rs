@@ -11,8 +11,26 @@ use taskbus_taskmaster::retry::{config, RetryOptions, RetryService};
 use super::failure::usage;
 use super::Global;
 
+const EXAMPLES: &str = "\
+A rules file (retry.toml):
+  done_topic = \"done\"
+  failed_topic = \"failed\"
+  [[rule]]
+  type = \"flaky\"                 # or \"*\"; add job = \"...\" for one job only
+  retries = 3
+  delay = \"30s\"
+  backoff = \"exponential\"        # fixed | linear | exponential
+  jitter = \"5s\"
+  max_delay = \"10m\"
+
+Workers can set meta no_retry=true or retry_after=2m on a done task; warn and alert never retry.
+
+Example:
+  taskbus --bus file://./data retry --config retry.toml";
+
 /// Options of `taskbus retry`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = EXAMPLES)]
 pub(crate) struct Args {
     /// The rules file (TOML: done_topic, group, failed_topic and [[rule]] tables).
     #[arg(long, value_name = "FILE")]
