@@ -26,6 +26,7 @@ fn play_role_if_child() {
     match role.as_str() {
         "produce" => runtime.block_on(produce()),
         "consume" => runtime.block_on(consume()),
+        "produce-big" => runtime.block_on(produce_big()),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -75,6 +76,27 @@ async fn consume() {
             tokio::time::sleep(delay).await;
         }
         received.ack().await.expect("ack");
+    }
+}
+
+/// Sends 1 MiB tasks to TOPIC until killed, appending each id to SENT once `send` returned. The
+/// lines are built by hand (no serializer), so a good part of the time goes into writing them and
+/// a kill may cut one (the cut itself is tested deterministically in `file_bad_input.rs`).
+async fn produce_big() {
+    let bus = Bus::connect(&env("BUS")).await.expect("connect");
+    let topic = env("TOPIC");
+    let mut sent = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env("SENT"))
+        .expect("the sent file");
+    let filler = "x".repeat(1 << 20);
+    for i in 0.. {
+        let id = format!("big-{i}");
+        let line = format!("{{\"type\":\"big\",\"id\":\"{id}\",\"info\":\"{filler}\"}}");
+        bus.send_raw(&topic, line).await.expect("send");
+        sent.write_all(format!("{id}\n").as_bytes())
+            .expect("write the sent file");
     }
 }
 
@@ -359,4 +381,107 @@ fn a_consumer_killed_mid_stream_loses_nothing() {
 
 fn line_count(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+/// A producer process killed with SIGKILL while it writes large lines: every task it was told was
+/// sent arrives, a line cut off mid-write (if the kill hit one) is dead-lettered instead of blocking
+/// the topic, and tasks sent afterwards by another process are not glued to it.
+#[test]
+fn a_producer_killed_mid_write_loses_no_confirmed_task() {
+    play_role_if_child();
+    let dir = tempfile::tempdir().expect("a directory");
+    let bus_url = format!("file://{}?partial_wait=100ms", dir.path().display());
+    let sent_path = dir.path().join("sent.out");
+    let mut producer = spawn(
+        "a_producer_killed_mid_write_loses_no_confirmed_task",
+        "produce-big",
+        &[
+            ("BUS", bus_url.clone()),
+            ("TOPIC", "big".to_owned()),
+            ("SENT", sent_path.display().to_string()),
+        ],
+    );
+    let start = Instant::now();
+    while line_count(&sent_path) < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the producer sent nothing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Land the kill at a varying point of the next send.
+    std::thread::sleep(Duration::from_micros(
+        u64::from(std::process::id() % 20) * 500,
+    ));
+    producer.kill().expect("SIGKILL the producer");
+    let _ = producer.wait();
+    let confirmed: HashSet<String> = outputs(&[sent_path]).remove(0).into_iter().collect();
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let (received, letters, after) = runtime.block_on(async {
+        let bus = Bus::connect(&bus_url).await.expect("connect");
+        let after: Vec<_> = (0..3)
+            .map(|i| Task::new("small", format!("after {i}")))
+            .collect();
+        for t in &after {
+            bus.send("big", t).await.expect("send after the kill");
+        }
+        let mut sub = bus
+            .subscribe_with("big", ConsumerOptions::group("g").finite(true))
+            .await
+            .expect("subscribe");
+        let mut received = Vec::new();
+        while let Some(r) = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("the topic is not blocked")
+            .expect("next")
+        {
+            received.push(r.task.id.clone());
+            r.ack().await.expect("ack");
+        }
+        let letters =
+            std::fs::read_to_string(dir.path().join("deadletter.jsonl")).unwrap_or_default();
+        (received, letters, after)
+    });
+    let got: HashSet<String> = received.iter().cloned().collect();
+    assert_eq!(
+        got.len(),
+        received.len(),
+        "a task arrived twice: {received:?}"
+    );
+    let missing: Vec<_> = confirmed.difference(&got).collect();
+    assert!(missing.is_empty(), "confirmed sends were lost: {missing:?}");
+    for t in &after {
+        assert!(
+            got.contains(&t.id),
+            "a task sent after the kill was lost or glued: {}",
+            t.id
+        );
+    }
+    // At most the one send in flight at the kill may have arrived without being confirmed.
+    let unconfirmed = got.len() - confirmed.len() - after.len();
+    assert!(
+        unconfirmed <= 1,
+        "{unconfirmed} tasks arrived that were never sent"
+    );
+    let letters: Vec<_> = letters.lines().collect();
+    assert!(
+        letters.len() <= 1,
+        "more than one cut-off line: {}",
+        letters.len()
+    );
+    for l in &letters {
+        let letter = taskbus_bus::DeadLetter::from_json(l.as_bytes()).expect("a dead letter");
+        assert!(
+            letter.payload.starts_with("{\"type\":\"big\""),
+            "{}",
+            &letter.payload[..80]
+        );
+    }
+    eprintln!(
+        "a_producer_killed_mid_write_loses_no_confirmed_task: {} confirmed, {unconfirmed} sent \
+         unconfirmed, {} cut-off line(s) dead-lettered",
+        confirmed.len(),
+        letters.len()
+    );
 }
