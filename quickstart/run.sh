@@ -74,7 +74,6 @@ two_workers() {
   WORKER_NAME="$tag-1" hello-worker & pids+=($!); local w1=$!
   WORKER_NAME="$tag-2" hello-worker & pids+=($!); local w2=$!
   hello-taskmaster "$url" "$count"
-  echo "-- taskbus tail done --follow --count $count"
   wait_for_done "$count" "$tag"
   kill -TERM "$w1" "$w2"
   wait "$w1" "$w2" # a worker drains and exits 0 on SIGTERM; anything else fails the script
@@ -85,6 +84,7 @@ two_workers() {
 echo
 echo "== step 2: two workers share the work on a file bus  (file://$work/bus) =="
 wait_for_done() { # the file bus is fresh, so every done task on it is from this run
+  echo "-- taskbus tail done --follow --count $1"
   taskbus tail done --follow --count "$1"
 }
 two_workers "file://$work/bus" 20 worker
@@ -104,11 +104,13 @@ fi
 echo "== step 3: the same workers on NATS  ($nats_url) =="
 tag="nats-$$-$RANDOM" # the done topic on NATS keeps earlier runs: count this run's tasks only
 wait_for_done() {
+  # Read the done topic as a consumer group of this run's own, keeping the tasks of this run.
+  echo "-- taskbus tail done --json --group quickstart-$2, until $1 of this run's tasks are done"
+  : > nats-done.jsonl
   for _ in $(seq 1 120); do
-    local n
-    n=$(taskbus --bus "$nats_url" tail done --json | grep -c "(from $2-" || true)
-    if [ "$n" -ge "$1" ]; then
-      taskbus --bus "$nats_url" tail done | grep "(from $2-" | tail -n "$1"
+    taskbus --bus "$nats_url" tail done --json --group "quickstart-$2" | grep "(from $2-" >> nats-done.jsonl || true
+    if [ "$(wc -l < nats-done.jsonl)" -ge "$1" ]; then
+      taskbus --bus stdio: tail < nats-done.jsonl # stdio: renders lines of JSON read from stdin
       return 0
     fi
     sleep 0.5
@@ -117,7 +119,7 @@ wait_for_done() {
   return 1
 }
 two_workers "$nats_url" 20 "$tag"
-done_json="$(taskbus --bus "$nats_url" tail done --json | grep "(from $tag-")"
+done_json="$(cat nats-done.jsonl)"
 complete=$(grep -c '"result":"complete"' <<<"$done_json" || true)
 echo "step 3: $complete of 20 tasks complete, shared:"
 share "$tag-1" "$tag-2" <<<"$done_json"

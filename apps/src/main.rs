@@ -76,6 +76,14 @@ impl Command {
             _ => None,
         }
     }
+
+    /// The default log filter: quiet for one-shot commands, `info` for services.
+    fn default_log(&self) -> &'static str {
+        match self {
+            Command::Send(_) | Command::Tail(_) | Command::Config(_) => cmd::logging::ONE_SHOT,
+            _ => cmd::logging::SERVICE,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -97,7 +105,8 @@ fn main() -> ExitCode {
         Err(e) => return cmd::failure::report(&anyhow::Error::new(e)),
     };
     let global = cli.global.with_file(&matches, file);
-    cmd::main(global, |global| async move {
+    let default_log = cli.command.default_log();
+    cmd::main(global, default_log, |global| async move {
         match cli.command {
             Command::Send(args) => cmd::send::run(args, &global).await,
             Command::Tail(args) => cmd::tail::run(args, &global).await,

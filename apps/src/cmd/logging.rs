@@ -1,5 +1,7 @@
 //! Logs go to stderr, as text for people or as JSON lines for log collectors. The level comes from
-//! `TASKBUS_LOG` (or `RUST_LOG`), in `tracing-subscriber`'s filter syntax; the default is `info`.
+//! `TASKBUS_LOG` (or `RUST_LOG`), in `tracing-subscriber`'s filter syntax. By default, services
+//! (exec, cron, retry …) log taskbus's own `info` and broker clients' warnings; one-shot commands
+//! (send, tail, config) only warnings, so their stderr stays quiet.
 
 use std::io::IsTerminal;
 
@@ -15,11 +17,18 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; a second call does nothing.
-pub(crate) fn init(format: LogFormat) {
+/// The default filter of a long-running command.
+pub(crate) const SERVICE: &str =
+    "warn,taskbus=info,taskbus_bus=info,taskbus_worker=info,taskbus_taskmaster=info";
+/// The default filter of a one-shot command.
+pub(crate) const ONE_SHOT: &str = "warn";
+
+/// Installs the global subscriber with `default` as the filter unless the environment sets one; a
+/// second call does nothing.
+pub(crate) fn init(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_env("TASKBUS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

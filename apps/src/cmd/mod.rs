@@ -85,14 +85,14 @@ impl Global {
     }
 }
 
-/// Sets up logging and a runtime, runs the command, and maps an error to one line and an exit code
-/// (see [`failure::exit_code`]).
-pub(crate) fn main<F, Fut>(global: Global, run: F) -> ExitCode
+/// Sets up logging (`default_log`: [`logging::SERVICE`] or [`logging::ONE_SHOT`]) and a runtime,
+/// runs the command, and maps an error to one line and an exit code (see [`failure::exit_code`]).
+pub(crate) fn main<F, Fut>(global: Global, default_log: &str, run: F) -> ExitCode
 where
     F: FnOnce(Global) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    logging::init(global.log_format);
+    logging::init(global.log_format, default_log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

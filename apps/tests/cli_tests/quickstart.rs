@@ -25,7 +25,7 @@ fn ensure_quickstart_binaries(dir: &Path) {
     cargo
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .args(["build", "-p", "taskbus-quickstart", "--target-dir"])
-        .arg(target.parent().unwrap());
+        .arg(target);
     if cfg!(feature = "nats") {
         cargo.args(["--features", "taskbus-quickstart/nats"]);
     }
