@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::batch::Batch;
 use super::journal::{GroupState, Record};
-use super::reader::{Tail, TopicReader};
+use super::reader::{Line, Tail, TopicReader};
 use super::topic::{lock_exclusive, FileId};
 use super::{lock, ms, now_ms, FileOptions};
 use crate::BusError;
@@ -48,9 +48,12 @@ pub(crate) struct Settle {
     pub(crate) op: Op,
 }
 
+/// Answers a queued change: `Err` says why it could not be made.
+type Reply = oneshot::Sender<Result<(), String>>;
+
 struct Pending {
     settle: Settle,
-    reply: Option<oneshot::Sender<Result<(), String>>>,
+    reply: Option<Reply>,
 }
 
 /// A line taken for a consumer of this process, not yet handed out.
@@ -447,95 +450,31 @@ impl Group {
         records: &mut Vec<Record>,
     ) -> io::Result<(Vec<Claimed>, Outlook)> {
         let now = now_ms();
-        let mut claimed = Vec::new();
         let current = core.reader.current()?;
         let Some(file) = self.bind(core, current, records) else {
-            return Ok((claimed, self.outlook(core, current, 0, true, None)));
+            return Ok((Vec::new(), self.outlook(core, current, 0, true, None)));
         };
         if !core.reader.open(file)? {
             // Replaced between our look and the open: next time.
-            return Ok((
-                claimed,
-                self.outlook(core, current, 0, false, Some(now + 10)),
-            ));
+            let outlook = self.outlook(core, current, 0, false, Some(now + 10));
+            return Ok((Vec::new(), outlook));
         }
-        let deadline = now + self.lease_ms();
-        let due: Vec<_> = core.state.due(now).take(max).collect();
-        for (off, entry) in due {
-            match core.reader.read_line(off, entry.end) {
-                Ok(payload) => {
-                    let count = entry.count + 1;
-                    push(
-                        core,
-                        records,
-                        Record::Claim {
-                            off,
-                            end: entry.end,
-                            count,
-                            deadline,
-                        },
-                    );
-                    claimed.push(Claimed {
-                        file,
-                        off,
-                        count,
-                        payload,
-                        at: Instant::now(),
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(path = %self.topic_path.display(), offset = off, error = %e,
-                        "cannot read a line the group handed out before; it is dropped from the group");
-                    push(core, records, Record::Ack { off });
-                }
-            }
-        }
-        let mut tail = Tail::More;
-        let mut wake_at = None;
-        if claimed.len() < max {
-            let mut lines = Vec::new();
-            let cursor = core.state.cursor;
-            tail = core
-                .reader
-                .lines_from(cursor, max - claimed.len(), &mut lines)?;
-            if let Tail::Partial { off, size } = tail {
-                match self.truncated(core, off, size)? {
-                    Ok(()) => {
-                        tracing::warn!(path = %self.topic_path.display(), offset = off,
-                            "the last line has no newline and nobody is writing it; delivering it as it is");
-                        let payload = core.reader.read_line(off, size)?;
-                        lines.push(super::reader::Line {
-                            off,
-                            end: size,
-                            payload,
-                        });
-                        tail = Tail::End;
-                    }
-                    Err(retry_at) => wake_at = Some(retry_at),
-                }
-            } else {
-                core.partial = None;
-            }
+        let mut take = Taker {
+            file,
+            deadline: now + self.lease_ms(),
+            claimed: Vec::new(),
+            records,
+        };
+        self.take_due(core, now, max, &mut take);
+        let (mut tail, mut wake_at) = (Tail::More, None);
+        if take.claimed.len() < max {
+            let lines;
+            (lines, tail, wake_at) = self.new_lines(core, max - take.claimed.len())?;
             for line in lines {
-                push(
-                    core,
-                    records,
-                    Record::Claim {
-                        off: line.off,
-                        end: line.end,
-                        count: 1,
-                        deadline,
-                    },
-                );
-                claimed.push(Claimed {
-                    file,
-                    off: line.off,
-                    count: 1,
-                    payload: line.payload,
-                    at: Instant::now(),
-                });
+                take.claim(core, line.off, line.end, 1, line.payload);
             }
         }
+        let claimed = take.claimed;
         let exhausted = claimed.is_empty() && tail == Tail::End && !core.state.delayed(now);
         let wake_at = match (wake_at, core.state.next_due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -543,6 +482,47 @@ impl Group {
         };
         let outlook = self.outlook(core, current, claimed.len(), exhausted, wake_at);
         Ok((claimed, outlook))
+    }
+
+    /// Takes up to `max` lines whose lease ran out or whose nack delay passed.
+    fn take_due(&self, core: &mut Core, now: u64, max: usize, take: &mut Taker<'_>) {
+        let due: Vec<_> = core.state.due(now).take(max).collect();
+        for (off, entry) in due {
+            match core.reader.read_line(off, entry.end) {
+                Ok(payload) => take.claim(core, off, entry.end, entry.count + 1, payload),
+                Err(e) => {
+                    tracing::error!(path = %self.topic_path.display(), offset = off, error = %e,
+                        "cannot read a line the group handed out before; it is dropped from the group");
+                    push(core, take.records, Record::Ack { off });
+                }
+            }
+        }
+    }
+
+    /// Up to `max` lines after the cursor, what follows them, and when to look again if a last
+    /// line without newline may still be being written.
+    fn new_lines(&self, core: &mut Core, max: usize) -> io::Result<(Vec<Line>, Tail, Option<u64>)> {
+        let mut lines = Vec::new();
+        let cursor = core.state.cursor;
+        let tail = core.reader.lines_from(cursor, max, &mut lines)?;
+        let Tail::Partial { off, size } = tail else {
+            core.partial = None;
+            return Ok((lines, tail, None));
+        };
+        match self.truncated(core, off, size)? {
+            Ok(()) => {
+                tracing::warn!(path = %self.topic_path.display(), offset = off,
+                    "the last line has no newline and nobody is writing it; delivering it as it is");
+                let payload = core.reader.read_line(off, size)?;
+                lines.push(Line {
+                    off,
+                    end: size,
+                    payload,
+                });
+                Ok((lines, Tail::End, None))
+            }
+            Err(retry_at) => Ok((lines, tail, Some(retry_at))),
+        }
     }
 
     fn outlook(
@@ -633,19 +613,13 @@ struct Locked<T> {
     wrote: bool,
     /// A line became ready again (nack, release).
     readied: bool,
-    replies: Vec<(
-        Option<oneshot::Sender<Result<(), String>>>,
-        Result<(), String>,
-    )>,
+    replies: Vec<(Option<Reply>, Result<(), String>)>,
 }
 
 /// Answers each queued change: its own outcome, or `failure` when the section failed.
 fn answer(
     group: &Group,
-    replies: Vec<(
-        Option<oneshot::Sender<Result<(), String>>>,
-        Result<(), String>,
-    )>,
+    replies: Vec<(Option<Reply>, Result<(), String>)>,
     failure: Option<&io::Error>,
 ) {
     for (reply, outcome) in replies {
@@ -708,6 +682,37 @@ fn settle_one(state: &mut GroupState, s: &Settle, records: &mut Vec<Record>) -> 
         records.push(record);
     }
     Ok(())
+}
+
+/// Collects the lines of one claim and their records.
+struct Taker<'a> {
+    file: FileId,
+    deadline: u64,
+    claimed: Vec<Claimed>,
+    records: &'a mut Vec<Record>,
+}
+
+impl Taker<'_> {
+    fn claim(&mut self, core: &mut Core, off: u64, end: u64, count: u32, payload: Bytes) {
+        let deadline = self.deadline;
+        push(
+            core,
+            self.records,
+            Record::Claim {
+                off,
+                end,
+                count,
+                deadline,
+            },
+        );
+        self.claimed.push(Claimed {
+            file: self.file,
+            off,
+            count,
+            payload,
+            at: Instant::now(),
+        });
+    }
 }
 
 fn push(core: &mut Core, records: &mut Vec<Record>, record: Record) {
