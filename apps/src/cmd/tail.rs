@@ -48,7 +48,9 @@ pub(crate) struct Args {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Options {
     /// Read as a member of this consumer group, acknowledging what is printed (it is taken from the
-    /// group's other members). Default: a group of tail's own that sees everything and takes nothing.
+    /// group's other members). Default: a new group of tail's own that sees everything and takes
+    /// nothing; on NATS, RabbitMQ and Kafka that group stays on the broker, so give --group to reuse
+    /// one when you tail often.
     #[arg(long, value_name = "GROUP")]
     pub(crate) group: Option<String>,
     /// Colour the human lines: auto (when stdout is a terminal and NO_COLOR is unset), always, never.
