@@ -129,9 +129,12 @@ impl Consumer for FileConsumer {
                 return Ok(Some(self.deliver(claimed)));
             }
             let outstanding = self.shared.outstanding.load(Ordering::Relaxed);
+            // Fill the free slots, but take at least a quarter of max_in_flight at a time, so a
+            // consumer kept full does not pay one lock per line.
             let want = self
                 .max_in_flight
                 .saturating_sub(outstanding)
+                .max(self.max_in_flight / 4)
                 .clamp(1, MAX_BATCH);
             let outlook = self
                 .group
