@@ -211,15 +211,14 @@ pub async fn topic_isolation<H: Harness>(h: &H) {
     );
 }
 
-/// A task with 1 MB of info and one over 64 KiB travel intact, between small ones.
+/// A task of 1 MB and one over 64 KiB (with a large meta) travel intact, between small ones.
 pub async fn large_payloads<H: Harness>(h: &H) {
     let cx = Ctx::new("large_payloads", h);
     let bus = cx.connect().await;
     let topic = cx.name("t");
     let sub = cx.subscribe(&bus, &topic, &cx.name("g")).await;
     let mut tasks = cx.tasks("small", 3);
-    // Just under 1 MiB on the wire: NATS's and Kafka's default message limits are 1 MiB.
-    tasks.insert(1, Task::new(cx.case(), big_info(1_000_000)));
+    tasks.insert(1, task_of_wire_size(cx.case(), WIRE_1MB));
     tasks.insert(
         3,
         Task::new(cx.case(), big_info(100 * 1024)).meta("big", big_info(70 * 1024)),
@@ -245,6 +244,27 @@ pub async fn large_payloads<H: Harness>(h: &H) {
             back.info == sent.info
         );
     }
+}
+
+/// The size of the largest task on the wire: 1 MB, under the 1 MiB that NATS's `max_payload` and
+/// Kafka's `message.max.bytes` allow by default, with room for headers and record overhead.
+const WIRE_1MB: usize = 1_000_000;
+
+/// A task whose JSON is `size` bytes or a few less (escapes included).
+fn task_of_wire_size(kind: &str, size: usize) -> Task {
+    let mut task = Task::new(kind, big_info(size));
+    loop {
+        let over = task.to_json_bytes().len().saturating_sub(size);
+        if over == 0 {
+            break;
+        }
+        let mut end = task.info.len() - over;
+        while !task.info.is_char_boundary(end) {
+            end -= 1;
+        }
+        task.info.truncate(end);
+    }
+    task
 }
 
 /// `n` bytes of text with characters JSON and HTML treat specially.
