@@ -43,24 +43,43 @@ async fn unreachable_server_says_how_to_start_one() {
         .await
         .expect_err("nothing listens there");
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("cannot connect to nats://127.0.0.1:{port} (")), "{msg}");
-    assert!(msg.contains("is nats-server running? start it with JetStream"), "{msg}");
+    assert!(
+        msg.starts_with(&format!("cannot connect to nats://127.0.0.1:{port} (")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("is nats-server running? start it with JetStream"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn misspelt_option_is_reported_before_connecting() {
-    let err = Bus::connect("nats://127.0.0.1:1?ackwait=5s").await.expect_err("a typo");
+    let err = Bus::connect("nats://127.0.0.1:1?ackwait=5s")
+        .await
+        .expect_err("a typo");
     let msg = err.to_string();
-    assert!(msg.contains("unknown option \"ackwait\"; did you mean ack_wait?"), "{msg}");
+    assert!(
+        msg.contains("unknown option \"ackwait\"; did you mean ack_wait?"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn server_without_jetstream_is_a_clear_error() {
     let server = NatsServer::start(false);
-    let err = Bus::connect(&server.url()).await.expect_err("JetStream is off");
+    let err = Bus::connect(&server.url())
+        .await
+        .expect_err("JetStream is off");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("cannot connect to {}", server.url())), "{msg}");
-    assert!(msg.contains("JetStream disabled: start nats-server with -js"), "{msg}");
+    assert!(
+        msg.contains(&format!("cannot connect to {}", server.url())),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("JetStream disabled: start nats-server with -js"),
+        "{msg}"
+    );
 }
 
 /// A task that runs three times the ack wait keeps its lease while its worker calls `in_progress`:
@@ -72,10 +91,19 @@ async fn long_task_keeps_its_lease_past_the_ack_wait() {
     let (worker_bus, rival_bus) = (bus("ack_wait=1s").await, bus("ack_wait=1s").await);
     let (topic, group) = (unique("long"), unique("workers"));
     let options = ConsumerOptions::group(&group).max_in_flight(1);
-    let mut worker = worker_bus.subscribe_with(&topic, options.clone()).await.expect("subscribe");
-    worker_bus.send(&topic, &Task::new("long", "three ack waits")).await.expect("send");
+    let mut worker = worker_bus
+        .subscribe_with(&topic, options.clone())
+        .await
+        .expect("subscribe");
+    worker_bus
+        .send(&topic, &Task::new("long", "three ack waits"))
+        .await
+        .expect("send");
     let r = next_within(&mut worker, 10, "the task").await;
-    let mut rival = rival_bus.subscribe_with(&topic, options).await.expect("subscribe");
+    let mut rival = rival_bus
+        .subscribe_with(&topic, options)
+        .await
+        .expect("subscribe");
 
     let started = std::time::Instant::now();
     let keep_alive = async {
@@ -93,17 +121,32 @@ async fn long_task_keeps_its_lease_past_the_ack_wait() {
         ),
     }
     r.ack().await.expect("ack after three ack waits");
-    assert!(maybe_next(&mut rival, ack_wait * 2).await.is_none(), "an acked task came back");
+    assert!(
+        maybe_next(&mut rival, ack_wait * 2).await.is_none(),
+        "an acked task came back"
+    );
 
     // The control: a task held as long without in_progress loses its lease to the rival.
-    let (topic, options) = (unique("long-control"), ConsumerOptions::group(&group).max_in_flight(1));
-    let mut worker = worker_bus.subscribe_with(&topic, options.clone()).await.expect("subscribe");
+    let (topic, options) = (
+        unique("long-control"),
+        ConsumerOptions::group(&group).max_in_flight(1),
+    );
+    let mut worker = worker_bus
+        .subscribe_with(&topic, options.clone())
+        .await
+        .expect("subscribe");
     let task = Task::new("long", "no keep-alive");
     worker_bus.send(&topic, &task).await.expect("send");
     let held = next_within(&mut worker, 10, "the control task").await;
-    let mut rival = rival_bus.subscribe_with(&topic, options).await.expect("subscribe");
+    let mut rival = rival_bus
+        .subscribe_with(&topic, options)
+        .await
+        .expect("subscribe");
     let stolen = next_within(&mut rival, 10, "the control task, after its lease ran out").await;
-    assert_eq!((stolen.task.id.as_str(), stolen.delivery_count()), (task.id.as_str(), 2));
+    assert_eq!(
+        (stolen.task.id.as_str(), stolen.delivery_count()),
+        (task.id.as_str(), 2)
+    );
     stolen.ack().await.expect("ack");
     drop(held);
 }
@@ -116,11 +159,15 @@ async fn republished_task_is_dropped_within_the_window() {
     let topic = unique("dedup");
     let task = Task::new("dedup", "once");
     bus.send(&topic, &task).await.expect("send");
-    bus.send(&topic, &task).await.expect("a duplicate send still succeeds");
+    bus.send(&topic, &task)
+        .await
+        .expect("a duplicate send still succeeds");
     let mut retry = task.clone();
     retry.meta.set("attempt", "1");
     bus.send(&topic, &retry).await.expect("send the retry");
-    bus.send_raw(&topic, task.to_json_bytes()).await.expect("raw sends carry no id");
+    bus.send_raw(&topic, task.to_json_bytes())
+        .await
+        .expect("raw sends carry no id");
 
     let mut sub = bus
         .subscribe_with(&topic, ConsumerOptions::group("g").finite(true))
@@ -135,7 +182,14 @@ async fn republished_task_is_dropped_within_the_window() {
         got.push((r.task.id.clone(), r.task.attempt()));
         r.ack().await.expect("ack");
     }
-    assert_eq!(got, [(task.id.clone(), 0), (task.id.clone(), 1), (task.id.clone(), 0)]);
+    assert_eq!(
+        got,
+        [
+            (task.id.clone(), 0),
+            (task.id.clone(), 1),
+            (task.id.clone(), 0)
+        ]
+    );
 }
 
 /// A consumer never holds more unsettled deliveries than `max_in_flight`; settling one lets the
@@ -144,7 +198,9 @@ async fn republished_task_is_dropped_within_the_window() {
 async fn max_in_flight_bounds_unsettled_deliveries() {
     let bus = bus("").await;
     let topic = unique("inflight");
-    let tasks: Vec<Task> = (0..10).map(|i| Task::new("inflight", i.to_string())).collect();
+    let tasks: Vec<Task> = (0..10)
+        .map(|i| Task::new("inflight", i.to_string()))
+        .collect();
     bus.send_all(&topic, &tasks, 10).await.expect("send");
     let mut sub = bus
         .subscribe_with(&topic, ConsumerOptions::group("g").max_in_flight(3))
@@ -155,7 +211,9 @@ async fn max_in_flight_bounds_unsettled_deliveries() {
         held.push(next_within(&mut sub, 10, "one of the first three").await);
     }
     assert!(
-        maybe_next(&mut sub, Duration::from_millis(700)).await.is_none(),
+        maybe_next(&mut sub, Duration::from_millis(700))
+            .await
+            .is_none(),
         "a fourth delivery while three are unsettled"
     );
     held.remove(0).ack().await.expect("ack");
@@ -170,13 +228,23 @@ async fn max_in_flight_bounds_unsettled_deliveries() {
 async fn dropped_delivery_comes_back_without_waiting_for_the_lease() {
     let bus = bus("ack_wait=60s").await;
     let topic = unique("dropped");
-    bus.send(&topic, &Task::new("dropped", "x")).await.expect("send");
+    bus.send(&topic, &Task::new("dropped", "x"))
+        .await
+        .expect("send");
     let mut sub = bus.subscribe(&topic, "g").await.expect("subscribe");
     let first = next_within(&mut sub, 10, "the task").await;
     let id = first.task.id.clone();
     drop(first);
-    let again = next_within(&mut sub, 10, "the dropped task, well before the 60s ack wait").await;
-    assert_eq!((again.task.id.as_str(), again.delivery_count()), (id.as_str(), 2));
+    let again = next_within(
+        &mut sub,
+        10,
+        "the dropped task, well before the 60s ack wait",
+    )
+    .await;
+    assert_eq!(
+        (again.task.id.as_str(), again.delivery_count()),
+        (id.as_str(), 2)
+    );
     again.ack().await.expect("ack");
 }
 
@@ -184,20 +252,27 @@ async fn dropped_delivery_comes_back_without_waiting_for_the_lease() {
 /// not persistent.
 #[tokio::test]
 async fn stream_settings_come_from_the_url() {
-    let bus = bus("storage=memory&duplicate_window=30s&subject_prefix=tb.test").await;
+    let bus = bus("storage=memory&duplicate_window=30s&subject_prefix=tb.test.settings").await;
     assert!(!bus.capabilities().persistent);
     let topic = unique("settings");
-    bus.send(&topic, &Task::new("settings", "x")).await.expect("send");
+    bus.send(&topic, &Task::new("settings", "x"))
+        .await
+        .expect("send");
 
-    let client = async_nats::connect(base_url().trim_start_matches("nats://")).await.expect("connect");
+    let client = async_nats::connect(base_url().trim_start_matches("nats://"))
+        .await
+        .expect("connect");
     let js = async_nats::jetstream::new(client);
     let mut stream = js
         .get_stream(format!("{}{topic}", nats_support::run_prefix()))
         .await
         .expect("the stream exists");
     let config = &stream.info().await.expect("info").config;
-    assert_eq!(config.subjects, [format!("tb.test.{topic}")]);
-    assert_eq!(config.storage, async_nats::jetstream::stream::StorageType::Memory);
+    assert_eq!(config.subjects, [format!("tb.test.settings.{topic}")]);
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::Memory
+    );
     assert_eq!(config.duplicate_window, Duration::from_secs(30));
     assert_eq!(config.max_age, Duration::from_secs(3600));
 }
@@ -207,12 +282,18 @@ async fn stream_settings_come_from_the_url() {
 async fn topics_that_share_a_stream_name_are_refused() {
     let bus = bus("").await;
     let base = unique("clash");
-    bus.send(&format!("{base}.a"), &Task::new("clash", "x")).await.expect("send");
+    bus.send(&format!("{base}.a"), &Task::new("clash", "x"))
+        .await
+        .expect("send");
     let err = bus
         .send(&format!("{base}_a"), &Task::new("clash", "y"))
         .await
         .expect_err("same stream name");
-    assert!(err.to_string().contains("rename the topic, or use another stream_prefix"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("rename the topic, or use another stream_prefix"),
+        "{err}"
+    );
 }
 
 /// A durable consumer deleted on the server while a subscription runs is created again, and the
@@ -222,20 +303,37 @@ async fn deleted_consumer_is_created_again() {
     let bus = bus("").await;
     let topic = unique("deleted");
     let mut sub = bus.subscribe(&topic, "g").await.expect("subscribe");
-    bus.send(&topic, &Task::new("deleted", "before")).await.expect("send");
-    next_within(&mut sub, 10, "the first task").await.ack().await.expect("ack");
+    bus.send(&topic, &Task::new("deleted", "before"))
+        .await
+        .expect("send");
+    next_within(&mut sub, 10, "the first task")
+        .await
+        .ack()
+        .await
+        .expect("ack");
 
-    let client = async_nats::connect(base_url().trim_start_matches("nats://")).await.expect("connect");
+    let client = async_nats::connect(base_url().trim_start_matches("nats://"))
+        .await
+        .expect("connect");
     let js = async_nats::jetstream::new(client);
     let stream = js
         .get_stream(format!("{}{topic}", nats_support::run_prefix()))
         .await
         .expect("stream");
-    stream.delete_consumer("g").await.expect("delete the consumer");
+    stream
+        .delete_consumer("g")
+        .await
+        .expect("delete the consumer");
 
-    bus.send(&topic, &Task::new("deleted", "after")).await.expect("send");
+    bus.send(&topic, &Task::new("deleted", "after"))
+        .await
+        .expect("send");
     let r = next_within(&mut sub, 20, "a task after the consumer was deleted").await;
     // A recreated consumer starts again at the beginning of the stream.
-    assert!(r.task.info == "before" || r.task.info == "after", "{}", r.task.info);
+    assert!(
+        r.task.info == "before" || r.task.info == "after",
+        "{}",
+        r.task.info
+    );
     r.ack().await.expect("ack");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::{Client, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::{Acker, BusError};
 
@@ -44,7 +44,9 @@ impl Flow {
         // Never below zero, even if accounting were off.
         let _ = self
             .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
         self.freed.notify_one();
     }
 
@@ -62,6 +64,7 @@ impl Flow {
 pub(super) struct NatsAcker {
     client: Client,
     reply: Subject,
+    reconnects: watch::Receiver<u64>,
     topic: Arc<str>,
     flow: Arc<Flow>,
     settled: bool,
@@ -70,28 +73,44 @@ pub(super) struct NatsAcker {
 impl NatsAcker {
     /// An acker for the message whose ack subject is `reply`; the caller has already counted it in
     /// `flow` with [`Flow::take`].
-    pub(super) fn new(client: Client, reply: Subject, topic: Arc<str>, flow: Arc<Flow>) -> Self {
+    pub(super) fn new(
+        client: Client,
+        reply: Subject,
+        reconnects: watch::Receiver<u64>,
+        topic: Arc<str>,
+        flow: Arc<Flow>,
+    ) -> Self {
         NatsAcker {
             client,
             reply,
+            reconnects,
             topic,
             flow,
             settled: false,
         }
     }
 
-    /// Sends `payload` to the ack subject and waits for the server's confirmation.
+    /// Sends `payload` to the ack subject and waits for the server's confirmation. Settling is
+    /// idempotent, so when the connection is replaced while waiting (the request may have died with
+    /// the old one) it is sent again on the new one.
     async fn confirm(&self, what: &str, payload: Bytes) -> Result<(), BusError> {
-        self.client
-            .request(self.reply.clone(), payload)
-            .await
-            .map(drop)
-            .map_err(|e| {
-                BusError::broker(
-                    format!("{what} of a message from topic {:?}", self.topic),
-                    format!("{e}; the message will be delivered again after its ack wait"),
-                )
-            })
+        let mut reconnects = self.reconnects.clone();
+        reconnects.borrow_and_update();
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let request = self.client.request(self.reply.clone(), payload.clone());
+            tokio::select! {
+                result = request => break result.map(drop),
+                Ok(()) = reconnects.changed(), if attempts < 3 => {}
+            }
+        };
+        result.map_err(|e| {
+            BusError::broker(
+                format!("{what} of a message from topic {:?}", self.topic),
+                format!("{e}; the message will be delivered again after its ack wait"),
+            )
+        })
     }
 
     fn settle(&mut self) {
@@ -122,7 +141,8 @@ impl Acker for NatsAcker {
     }
 
     async fn in_progress(&self) -> Result<(), BusError> {
-        self.confirm("in-progress ack (+WPI)", Bytes::from_static(b"+WPI")).await
+        self.confirm("in-progress ack (+WPI)", Bytes::from_static(b"+WPI"))
+            .await
     }
 }
 
@@ -140,5 +160,39 @@ impl Drop for NatsAcker {
                 let _ = client.publish(reply, Bytes::from_static(b"-NAK")).await;
             });
         }
+    }
+}
+
+/// The delivery count in a JetStream ack subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>` or, with a domain and
+/// account hash, `$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.…`.
+pub(super) fn delivery_count(reply: &str) -> Option<u32> {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    let at = match tokens.len() {
+        9 => 4,
+        n if n >= 11 => 6,
+        _ => return None,
+    };
+    if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
+        return None;
+    }
+    tokens.get(at)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delivery_count;
+
+    #[test]
+    fn reads_the_delivery_count_of_both_ack_subject_forms() {
+        assert_eq!(
+            delivery_count("$JS.ACK.s.c.3.10.7.1700000000000000000.0"),
+            Some(3)
+        );
+        assert_eq!(
+            delivery_count("$JS.ACK.dom.hash.s.c.2.10.7.1700000000000000000.0.tok"),
+            Some(2)
+        );
+        assert_eq!(delivery_count("_INBOX.x"), None);
     }
 }

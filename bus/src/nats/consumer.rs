@@ -1,36 +1,30 @@
 //! A durable pull consumer: pull requests sized to the room under `max_in_flight`, sent from
-//! [`Consumer::next`] itself, with heartbeats and reconnects watched so a consumer carries on by
+//! [`Consumer::next`] itself, with reconnects and silences watched so a consumer carries on by
 //! itself after nats-server restarts.
-//!
-//! Every pull request goes to one inbox. The server serves a consumer's waiting requests oldest
-//! first, so the messages each outstanding request still owes are tracked in a queue: a message
-//! pays the oldest, and a `408 Request Timeout` (or, for `no_wait`, `404 No Messages`) closes it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, Message, StatusCode, Subscriber};
+use async_nats::{Client, Message, StatusCode, Subject, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::acker::{Flow, NatsAcker};
+use super::acker::{delivery_count, Flow, NatsAcker};
+use super::pulls::{is_delivery, retire, Pulls};
 use super::topology::Topology;
 use crate::{BusError, Consumer, ConsumerOptions, Delivery};
 
-/// How long one pull request waits at the server for messages.
-const EXPIRES: Duration = Duration::from_secs(30);
-/// How often the server says a waiting pull request is still alive.
-const HEARTBEAT: Duration = Duration::from_secs(5);
-/// Silence after which outstanding pull requests are taken for lost (server restarted, link down).
-const SILENCE: Duration = Duration::from_secs(12);
 /// How long a finite consumer's pull waits when other members' pulls are queued before it.
 const FINITE_WAIT: Duration = Duration::from_millis(500);
 /// The pause before asking again after the server could not serve a pull request.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// How much longer than a pull request's expiry its `408` may take before the request is taken
+/// for lost (server restarted, link down).
+const GRACE: Duration = Duration::from_secs(3);
 
 /// One consumer of one topic in one group.
 pub(super) struct NatsConsumer {
@@ -41,19 +35,22 @@ pub(super) struct NatsConsumer {
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
     pull_subject: String,
     inbox: String,
-    sub: Subscriber,
+    /// The pull inbox; `None` once closed.
+    sub: Option<Subscriber>,
+    /// Messages that had arrived when the consumer closed, still to be handed out.
+    after_close: VecDeque<Message>,
     flow: Arc<Flow>,
     max_in_flight: usize,
     finite: bool,
-    /// What each outstanding pull request still owes, oldest first.
-    owed: VecDeque<usize>,
+    /// How long a pull request waits at the server: half the ack wait, between 1 s and 30 s.
+    expires: Duration,
+    pulls: Pulls,
     /// Messages delivered since the last `no_wait` request was sent (finite consumers).
     got_since_request: usize,
     /// The server said other pulls of the group wait for more than is pending (finite consumers).
     others_waiting: bool,
     last_heard: Instant,
     reconnects: watch::Receiver<u64>,
-    closed: bool,
 }
 
 impl NatsConsumer {
@@ -70,13 +67,18 @@ impl NatsConsumer {
         reconnects.borrow_and_update();
         let inbox = client.new_inbox();
         let sub = client.subscribe(inbox.clone()).await.map_err(|e| {
-            BusError::broker(format!("subscribe to the pull inbox for topic {topic:?}"), e)
+            BusError::broker(
+                format!("subscribe to the pull inbox for topic {topic:?}"),
+                e,
+            )
         })?;
         let pull_subject = format!(
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
             topology.stream(topic),
             Topology::consumer(&options.group)
         );
+        let expires = (topology.options().ack_wait / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
         Ok(NatsConsumer {
             client,
             topology,
@@ -84,31 +86,33 @@ impl NatsConsumer {
             group: options.group.clone(),
             pull_subject,
             inbox,
-            sub,
+            sub: Some(sub),
+            after_close: VecDeque::new(),
             flow: Arc::new(Flow::default()),
             max_in_flight: options.max_in_flight.max(1),
             finite: options.finite,
-            owed: VecDeque::new(),
+            expires,
+            pulls: Pulls::default(),
             got_since_request: 0,
             others_waiting: false,
             last_heard: Instant::now(),
             reconnects,
-            closed: false,
         })
     }
 
-    fn owed(&self) -> usize {
-        self.owed.iter().sum()
-    }
-
     /// Asks for more messages when there is room: at once when nothing is on its way, else only
-    /// once half the in-flight limit is free, so requests stay large.
+    /// once half the in-flight limit is free, so requests stay large. A finite consumer has one
+    /// request out at a time.
     async fn top_up(&mut self) -> Result<(), BusError> {
         let free = self
             .max_in_flight
-            .saturating_sub(self.flow.held() + self.owed());
-        let threshold = if self.owed.is_empty() { 1 } else { (self.max_in_flight / 2).max(1) };
-        if free < threshold || (self.finite && !self.owed.is_empty()) {
+            .saturating_sub(self.flow.held() + self.pulls.owed());
+        let threshold = if self.pulls.is_empty() {
+            1
+        } else {
+            (self.max_in_flight / 2).max(1)
+        };
+        if free < threshold || (self.finite && !self.pulls.is_empty()) {
             return Ok(());
         }
         let request = if self.finite && self.others_waiting {
@@ -119,52 +123,47 @@ impl NatsConsumer {
             format!(r#"{{"batch":{free},"no_wait":true}}"#)
         } else {
             format!(
-                r#"{{"batch":{free},"expires":{},"idle_heartbeat":{}}}"#,
-                EXPIRES.as_nanos(),
-                HEARTBEAT.as_nanos()
+                r#"{{"batch":{free},"expires":{}}}"#,
+                self.expires.as_nanos()
             )
         };
-        if self.owed.is_empty() {
+        if self.pulls.is_empty() {
             self.last_heard = Instant::now();
         }
         self.client
-            .publish_with_reply(self.pull_subject.clone(), self.inbox.clone(), Bytes::from(request))
+            .publish_with_reply(
+                self.pull_subject.clone(),
+                self.inbox.clone(),
+                Bytes::from(request),
+            )
             .await
             .map_err(|e| self.error("send a pull request", e))?;
-        self.owed.push_back(free);
+        self.pulls.sent(free);
         self.got_since_request = 0;
         self.others_waiting = false;
         Ok(())
-    }
-
-    /// A message paid the oldest request.
-    fn paid(&mut self) {
-        if let Some(front) = self.owed.front_mut() {
-            *front = front.saturating_sub(1);
-            if *front == 0 {
-                self.owed.pop_front();
-            }
-        }
     }
 
     /// Handles one message on the inbox: a delivery, or a status about a pull request.
     /// `Ok(Some(None))` means a finite consumer has reached the end.
     async fn handle(&mut self, message: Message) -> Result<Option<Option<Delivery>>, BusError> {
         self.last_heard = Instant::now();
-        let status = message.status.unwrap_or(StatusCode::OK);
-        if status == StatusCode::OK {
+        if is_delivery(&message) {
+            self.pulls.paid();
+            self.got_since_request += 1;
             return Ok(self.delivery(message).map(Some));
         }
-        let description = message.description.clone().unwrap_or_default();
+        let status = message.status.unwrap_or(StatusCode::OK);
+        let description = message.description.unwrap_or_default();
         match status {
             StatusCode::IDLE_HEARTBEAT => {}
             StatusCode::TIMEOUT if self.finite && description == "Requests Pending" => {
-                self.owed.pop_front();
+                self.pulls.oldest_ended();
                 self.others_waiting = true;
             }
             StatusCode::TIMEOUT | StatusCode::NOT_FOUND => {
-                self.owed.pop_front();
-                if self.finite && self.got_since_request == 0 && self.owed.is_empty() {
+                self.pulls.oldest_ended();
+                if self.finite && self.got_since_request == 0 && self.pulls.is_empty() {
                     if self.flow.delayed() == 0 {
                         return Ok(Some(None));
                     }
@@ -172,7 +171,7 @@ impl NatsConsumer {
                 }
             }
             StatusCode::REQUEST_TERMINATED if description.contains("Exceeded MaxWaiting") => {
-                self.owed.pop_back();
+                self.pulls.newest_refused();
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             StatusCode::REQUEST_TERMINATED if description.contains("Consumer Deleted") => {
@@ -188,16 +187,14 @@ impl NatsConsumer {
             _ => {
                 tracing::warn!(topic = %self.topic, group = %self.group, status = %status,
                     description = %description, "unexpected status on a pull request; asking again");
-                self.owed.clear();
+                self.pulls.lost();
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
         Ok(None)
     }
 
-    fn delivery(&mut self, message: Message) -> Option<Delivery> {
-        self.paid();
-        self.got_since_request += 1;
+    fn delivery(&self, message: Message) -> Option<Delivery> {
         let Some(reply) = message.reply else {
             tracing::warn!(topic = %self.topic, "a message without an ack subject on the pull inbox; ignored");
             return None;
@@ -207,24 +204,51 @@ impl NatsConsumer {
             1
         });
         self.flow.take();
-        let acker = NatsAcker::new(self.client.clone(), reply, Arc::clone(&self.topic), Arc::clone(&self.flow));
-        Some(Delivery::new(&*self.topic, message.payload, count, Box::new(acker)))
+        let acker = NatsAcker::new(
+            self.client.clone(),
+            reply,
+            self.reconnects.clone(),
+            Arc::clone(&self.topic),
+            Arc::clone(&self.flow),
+        );
+        Some(Delivery::new(
+            &*self.topic,
+            message.payload,
+            count,
+            Box::new(acker),
+        ))
     }
 
     /// After the server lost track of our requests or our consumer: forget the requests, wait a
     /// moment, and make sure the stream and consumer exist (they do unless someone deleted them or
     /// they lived in memory storage).
     async fn recover(&mut self) -> Result<(), BusError> {
-        self.owed.clear();
+        self.pulls.lost();
         tokio::time::sleep(RETRY_PAUSE).await;
         self.topology.forget(&self.topic);
-        match self.topology.ensure_consumer(&self.topic, &self.group).await {
+        match self
+            .topology
+            .ensure_consumer(&self.topic, &self.group)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if e.transient => {
                 tracing::debug!(topic = %self.topic, error = %e.error, "JetStream not ready yet");
                 Ok(())
             }
             Err(e) => Err(e.error),
+        }
+    }
+
+    /// Hands the inbox to [`retire`] in the background, with `held` to nack once it is done.
+    fn retire(&mut self, sub: Subscriber, held: Vec<Subject>) {
+        let pulls = std::mem::take(&mut self.pulls);
+        let patience = self.expires + GRACE;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(retire(self.client.clone(), sub, pulls, held, patience));
+            }
+            Err(_) => drop(sub),
         }
     }
 
@@ -240,23 +264,27 @@ impl NatsConsumer {
 impl Consumer for NatsConsumer {
     async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
         loop {
-            if self.closed {
-                // The inbox is unsubscribed: hand out what had already arrived, then end.
-                let Some(message) = self.sub.next().await else {
-                    return Ok(None);
-                };
-                if message.status.is_none() || message.status == Some(StatusCode::OK) {
+            if self.sub.is_none() {
+                while let Some(message) = self.after_close.pop_front() {
                     if let Some(delivery) = self.delivery(message) {
                         return Ok(Some(delivery));
                     }
                 }
-                continue;
+                return Ok(None);
             }
             self.top_up().await?;
             let silent_since = self.last_heard;
-            let waiting = !self.owed.is_empty() && !self.finite;
+            let waiting = !self.pulls.is_empty();
+            let expiry = if self.finite {
+                FINITE_WAIT
+            } else {
+                self.expires
+            };
+            let Some(sub) = self.sub.as_mut() else {
+                continue;
+            };
             tokio::select! {
-                message = self.sub.next() => match message {
+                message = sub.next() => match message {
                     Some(message) => match self.handle(message).await? {
                         Some(Some(delivery)) => return Ok(Some(delivery)),
                         Some(None) => return Ok(None),
@@ -267,56 +295,59 @@ impl Consumer for NatsConsumer {
                     ))),
                 },
                 () = self.flow.freed.notified() => {}
-                () = tokio::time::sleep_until(silent_since + SILENCE), if waiting => {
+                () = tokio::time::sleep_until(silent_since + expiry + GRACE), if waiting => {
                     tracing::warn!(topic = %self.topic, group = %self.group,
-                        "no word from nats-server for {SILENCE:?}; sending the pull requests again");
-                    self.owed.clear();
+                        "no word from nats-server about our pull requests; sending them again");
+                    self.pulls.lost();
                 }
                 Ok(()) = self.reconnects.changed() => {
                     tracing::info!(topic = %self.topic, group = %self.group,
                         "reconnected to nats-server; sending the pull requests again");
-                    self.owed.clear();
+                    self.pulls.lost();
                 }
             }
         }
     }
 
     async fn close(&mut self) -> Result<(), BusError> {
-        if !self.closed {
-            self.closed = true;
-            self.sub
-                .unsubscribe()
-                .await
-                .map_err(|e| self.error("unsubscribe the pull inbox", e))?;
+        let Some(mut sub) = self.sub.take() else {
+            return Ok(());
+        };
+        // What has arrived is still handed out; what the open requests bring later goes back.
+        while let Some(Some(message)) = sub.next().now_or_never() {
+            if is_delivery(&message) {
+                self.pulls.paid();
+                self.after_close.push_back(message);
+            } else if matches!(
+                message.status,
+                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND)
+            ) {
+                self.pulls.oldest_ended();
+            }
         }
+        self.retire(sub, Vec::new());
         Ok(())
     }
 }
 
-/// The delivery count in a JetStream ack subject:
-/// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>` or, with a domain and
-/// account hash, `$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.…`.
-fn delivery_count(reply: &str) -> Option<u32> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    let at = match tokens.len() {
-        9 => 4,
-        n if n >= 11 => 6,
-        _ => return None,
-    };
-    if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
-        return None;
-    }
-    tokens.get(at)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::delivery_count;
-
-    #[test]
-    fn reads_the_delivery_count_of_both_ack_subject_forms() {
-        assert_eq!(delivery_count("$JS.ACK.s.c.3.10.7.1700000000000000000.0"), Some(3));
-        assert_eq!(delivery_count("$JS.ACK.dom.hash.s.c.2.10.7.1700000000000000000.0.tok"), Some(2));
-        assert_eq!(delivery_count("_INBOX.x"), None);
+impl Drop for NatsConsumer {
+    fn drop(&mut self) {
+        // Messages that arrived but were never handed out go back at once, not after the ack
+        // wait; the inbox stays until the open requests have ended (see `pulls`).
+        let held: Vec<Subject> = self.after_close.drain(..).filter_map(|m| m.reply).collect();
+        match self.sub.take() {
+            Some(sub) => self.retire(sub, held),
+            None if held.is_empty() => {}
+            None => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let client = self.client.clone();
+                    runtime.spawn(async move {
+                        for reply in held {
+                            let _ = client.publish(reply, Bytes::from_static(b"-NAK")).await;
+                        }
+                    });
+                }
+            }
+        }
     }
 }

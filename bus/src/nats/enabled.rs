@@ -4,9 +4,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
+use std::future::IntoFuture;
+
 use async_nats::jetstream;
+use async_nats::jetstream::context::{ContextBuilder, PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -22,7 +25,8 @@ use crate::{Backend, BusError, Capabilities, Consumer, ConsumerOptions, Outgoing
 const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// How to start a server, for connection errors.
-const START_HINT: &str = "is nats-server running? start it with JetStream: `nats-server -js -sd DIR` \
+const START_HINT: &str =
+    "is nats-server running? start it with JetStream: `nats-server -js -sd DIR` \
                           (or run scripts/brokers/nats.sh)";
 
 pub(crate) async fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusError> {
@@ -40,7 +44,9 @@ pub(crate) async fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusErr
                 ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
                     "check the user:password, token, nkey or creds given in the URL"
                 }
-                ConnectErrorKind::Tls => "check the server's TLS setup and the tls / tls_ca options",
+                ConnectErrorKind::Tls => {
+                    "check the server's TLS setup and the tls / tls_ca options"
+                }
                 _ => START_HINT,
             };
             connect_error(url, &options, e.to_string(), hint)
@@ -102,7 +108,9 @@ async fn check_jetstream(client: &Client) -> Result<(), String> {
         .request("$JS.API.INFO", bytes::Bytes::new())
         .await
         .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => "JetStream is not enabled (no responders on $JS.API.INFO)".to_owned(),
+            async_nats::RequestErrorKind::NoResponders => {
+                "JetStream is not enabled (no responders on $JS.API.INFO)".to_owned()
+            }
             _ => format!("JetStream did not answer: {e}"),
         })?;
     #[derive(serde::Deserialize)]
@@ -123,7 +131,9 @@ fn on_event(event: &Event, reconnected: &watch::Sender<u64>) {
         }
         Event::Disconnected => tracing::warn!("disconnected from nats-server; reconnecting"),
         Event::LameDuckMode => tracing::warn!("nats-server is shutting down (lame duck mode)"),
-        Event::SlowConsumer(sid) => tracing::warn!(sid, "slow consumer: nats-server dropped messages"),
+        Event::SlowConsumer(sid) => {
+            tracing::warn!(sid, "slow consumer: nats-server dropped messages")
+        }
         other => tracing::debug!(event = %other, "nats event"),
     }
 }
@@ -133,7 +143,11 @@ fn connect_error(url: &BusUrl, options: &NatsOptions, reason: String, hint: &str
         Some((base, _)) => base.to_owned(),
         None => url.redacted(),
     };
-    let shown = if shown.contains(',') { options.servers_display() } else { shown };
+    let shown = if shown.contains(',') {
+        options.servers_display()
+    } else {
+        shown
+    };
     BusError::Connect {
         url: shown,
         reason,
@@ -151,18 +165,33 @@ struct NatsBackend {
 impl NatsBackend {
     fn check_open(&self) -> Result<(), BusError> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(BusError::Closed(format!("the NATS bus {}", self.topology.options().servers_display())));
+            return Err(BusError::Closed(format!(
+                "the NATS bus {}",
+                self.topology.options().servers_display()
+            )));
         }
         Ok(())
     }
 
-    /// Publishes once and waits for the JetStream ack.
-    async fn publish(&self, subject: &str, message: &Outgoing) -> Result<jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
+    /// Publishes once and waits for the JetStream ack. A reconnect while waiting ends the wait
+    /// early with `TimedOut`: the publish may have been lost with the old connection, so the caller
+    /// publishes again at once rather than after the full request timeout.
+    async fn publish(&self, subject: &str, message: &Outgoing) -> Result<PublishAck, PublishError> {
+        let mut reconnects = self.reconnects.clone();
+        reconnects.borrow_and_update();
         let mut publish = PublishMessage::build().payload(message.payload.clone());
         if let Some(id) = &message.dedup_id {
             publish = publish.message_id(id);
         }
-        self.topology.js().send_publish(subject.to_owned(), publish).await?.await
+        let ack = self
+            .topology
+            .js()
+            .send_publish(subject.to_owned(), publish)
+            .await?;
+        tokio::select! {
+            ack = ack.into_future() => ack,
+            Ok(()) = reconnects.changed() => Err(PublishError::new(PublishErrorKind::TimedOut)),
+        }
     }
 }
 

@@ -100,6 +100,8 @@ mod enabled;
 #[cfg(feature = "nats")]
 mod options;
 #[cfg(feature = "nats")]
+mod pulls;
+#[cfg(feature = "nats")]
 mod topology;
 
 #[cfg(feature = "nats")]

@@ -48,9 +48,9 @@ impl NatsOptions {
         let servers = hosts
             .iter()
             .map(|h| {
-                format!("nats://{h}").parse::<ServerAddr>().map_err(|e| {
-                    url.error(format!("server {h:?} is not HOST:PORT ({e})"))
-                })
+                format!("nats://{h}")
+                    .parse::<ServerAddr>()
+                    .map_err(|e| url.error(format!("server {h:?} is not HOST:PORT ({e})")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let auth = Auth {
@@ -113,8 +113,14 @@ fn split_body(url: &BusUrl) -> Result<(Option<(String, String)>, Vec<String>), B
                 "server {server:?} has a path; a NATS URL has none: nats://HOST:PORT"
             )));
         }
-        let has_port = server.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
-        hosts.push(if has_port { server.to_owned() } else { format!("{server}:4222") });
+        let has_port = server
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.contains(']'));
+        hosts.push(if has_port {
+            server.to_owned()
+        } else {
+            format!("{server}:4222")
+        });
     }
     Ok((user, hosts))
 }
@@ -125,7 +131,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| char::from(b).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|&b| hex(b)),
+            bytes.get(i + 2).and_then(|&b| hex(b)),
+        ) {
             (b'%', Some(hi), Some(lo)) => {
                 // Two hex digits make a value below 256.
                 out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
@@ -143,13 +153,17 @@ fn percent_decode(s: &str) -> String {
 fn positive(url: &mut BusUrl, key: &'static str, default: Duration) -> Result<Duration, BusError> {
     match url.take_duration(key)? {
         None => Ok(default),
-        Some(d) if d.is_zero() => Err(url.error(format!("option {key}=0 is not allowed; give a duration such as 30s"))),
+        Some(d) if d.is_zero() => Err(url.error(format!(
+            "option {key}=0 is not allowed; give a duration such as 30s"
+        ))),
         Some(d) => Ok(d),
     }
 }
 
 fn stream_prefix(url: &mut BusUrl) -> Result<String, BusError> {
-    let prefix = url.take("stream_prefix").unwrap_or_else(|| "taskbus-".to_owned());
+    let prefix = url
+        .take("stream_prefix")
+        .unwrap_or_else(|| "taskbus-".to_owned());
     match prefix.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))) {
         Some(c) => Err(url.error(format!(
             "option stream_prefix={prefix:?} contains {c:?}; stream names take only letters, digits, '_' and '-'"
@@ -159,9 +173,15 @@ fn stream_prefix(url: &mut BusUrl) -> Result<String, BusError> {
 }
 
 fn subject_prefix(url: &mut BusUrl) -> Result<String, BusError> {
-    let prefix = url.take("subject_prefix").unwrap_or_else(|| "taskbus".to_owned());
-    let bad_token = prefix.split('.').any(|t| t.is_empty() || t == "*" || t == ">");
-    let bad_char = prefix.chars().any(|c| c.is_whitespace() || matches!(c, '*' | '>'));
+    let prefix = url
+        .take("subject_prefix")
+        .unwrap_or_else(|| "taskbus".to_owned());
+    let bad_token = prefix
+        .split('.')
+        .any(|t| t.is_empty() || t == "*" || t == ">");
+    let bad_char = prefix
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '*' | '>'));
     if !prefix.is_empty() && (bad_token || bad_char) {
         return Err(url.error(format!(
             "option subject_prefix={prefix:?} is not a subject prefix: use dot-separated tokens \
@@ -185,9 +205,7 @@ fn storage(url: &mut BusUrl) -> Result<StorageType, BusError> {
     match url.take("storage").as_deref() {
         None | Some("file") => Ok(StorageType::File),
         Some("memory") => Ok(StorageType::Memory),
-        Some(other) => Err(url.error(format!(
-            "option storage={other:?} is not file or memory"
-        ))),
+        Some(other) => Err(url.error(format!("option storage={other:?} is not file or memory"))),
     }
 }
 
@@ -245,7 +263,9 @@ mod tests {
         assert!(e.contains("between 1 and 5"), "{e}");
         let e = parse("nats://h?stream_prefix=a.b").unwrap_err().to_string();
         assert!(e.contains("'.'"), "{e}");
-        let e = parse("nats://h?subject_prefix=a..b").unwrap_err().to_string();
+        let e = parse("nats://h?subject_prefix=a..b")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("dot-separated"), "{e}");
         let e = parse("nats://h?ack_wait=0s").unwrap_err().to_string();
         assert!(e.contains("ack_wait=0"), "{e}");

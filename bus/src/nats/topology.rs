@@ -6,8 +6,12 @@ use std::fmt::Display;
 use std::sync::Mutex;
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::{ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind};
-use async_nats::jetstream::stream::{self, ConsumerErrorKind, ConsumerUpdateErrorKind, RetentionPolicy};
+use async_nats::jetstream::context::{
+    ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind,
+};
+use async_nats::jetstream::stream::{
+    self, ConsumerErrorKind, ConsumerUpdateErrorKind, RetentionPolicy,
+};
 use async_nats::jetstream::{self, ErrorCode};
 
 use super::options::NatsOptions;
@@ -79,12 +83,20 @@ impl Topology {
         }
         let subject = self.subject(topic);
         let info = match self.js.get_stream(&name).await {
-            Ok(mut s) => s.info().await.map_err(|e| self.fail("read stream", &name, e, true))?.clone(),
+            Ok(mut s) => s
+                .info()
+                .await
+                .map_err(|e| self.fail("read stream", &name, e, true))?
+                .clone(),
             Err(e) => match e.kind() {
-                GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
                     self.create_stream(&name, &subject).await?
                 }
-                GetStreamErrorKind::JetStream(_) => return Err(self.fail("look up stream", &name, e, false)),
+                GetStreamErrorKind::JetStream(_) => {
+                    return Err(self.fail("look up stream", &name, e, false))
+                }
                 _ => return Err(self.fail("look up stream", &name, e, true)),
             },
         };
@@ -124,8 +136,27 @@ impl Topology {
             Ok(s) => s,
             Err(e) => match e.kind() {
                 // Another process may have created it between our look-up and our create.
-                CreateStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NAME_EXIST => {
-                    self.js.get_stream(name).await.map_err(|_| self.fail("create stream", name, e, true))?
+                CreateStreamErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::STREAM_NAME_EXIST =>
+                {
+                    self.js
+                        .get_stream(name)
+                        .await
+                        .map_err(|_| self.fail("create stream", name, e, true))?
+                }
+                CreateStreamErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP =>
+                {
+                    return Err(self.fail(
+                        "create stream",
+                        name,
+                        format!(
+                            "{e}: another stream already holds the subject {subject:?} (made by a bus \
+                             with another stream_prefix but the same subject_prefix?); use another \
+                             subject_prefix, or delete that stream"
+                        ),
+                        false,
+                    ))
                 }
                 CreateStreamErrorKind::JetStream(_) => {
                     return Err(self.fail("create stream", name, e, false))
@@ -134,7 +165,11 @@ impl Topology {
             },
         };
         let mut created = created;
-        Ok(created.info().await.map_err(|e| self.fail("read stream", name, e, true))?.clone())
+        Ok(created
+            .info()
+            .await
+            .map_err(|e| self.fail("read stream", name, e, true))?
+            .clone())
     }
 
     /// Makes sure the durable consumer of `group` on `topic` exists with this bus's ack wait,
@@ -200,7 +235,11 @@ impl Topology {
             max_ack_pending: wanted.max_ack_pending,
             ..info.config
         };
-        match self.js.update_consumer_on_stream(update, &stream_name).await {
+        match self
+            .js
+            .update_consumer_on_stream(update, &stream_name)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 let transient = !matches!(e.kind(), ConsumerUpdateErrorKind::JetStream(_));
@@ -221,7 +260,10 @@ impl Topology {
 
     fn fail(&self, op: &str, name: &str, e: impl Display, transient: bool) -> AdminError {
         AdminError {
-            error: BusError::broker(format!("{op} {name:?} on {}", self.options.servers_display()), e),
+            error: BusError::broker(
+                format!("{op} {name:?} on {}", self.options.servers_display()),
+                e,
+            ),
             transient,
         }
     }

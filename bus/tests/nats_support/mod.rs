@@ -38,12 +38,16 @@ pub fn run_prefix() -> &'static str {
     PREFIX.get_or_init(|| format!("tbtest-{}-", minutes_now()))
 }
 
-/// `base` with the test options: a short lease, and streams of their own (`tbtest-<minute>-…`)
-/// whose messages expire after an hour.
+/// `base` with the test options: a short lease, and streams and subjects of their own
+/// (`tbtest-<minute>-…`, `tbtest.<minute>.…`) whose messages expire after an hour.
 pub fn test_url(base: &str, extra: &str) -> String {
     let defaults = [
         ("ack_wait", format!("{}ms", LEASE.as_millis())),
         ("stream_prefix", run_prefix().to_owned()),
+        (
+            "subject_prefix",
+            run_prefix().trim_end_matches('-').replace('-', "."),
+        ),
         ("max_age", "1h".to_owned()),
     ];
     let given = |key: &str| extra.split('&').any(|kv| kv.split('=').next() == Some(key));
@@ -63,7 +67,9 @@ pub fn test_url(base: &str, extra: &str) -> String {
 pub async fn connect(url: &str) -> Bus {
     match Bus::connect(url).await {
         Ok(bus) => bus,
-        Err(e) => panic!("cannot reach the NATS test broker: {e}\n(set TASKBUS_TEST_NATS_URL to use another)"),
+        Err(e) => panic!(
+            "cannot reach the NATS test broker: {e}\n(set TASKBUS_TEST_NATS_URL to use another)"
+        ),
     }
 }
 
@@ -218,7 +224,10 @@ impl NatsServer {
     pub fn terminate(&self) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut c) = child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let _ = c.wait();
         }
     }
@@ -244,7 +253,11 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nats-server ({e}); install it with `apt-get install nats-server`"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}); install it with `apt-get install nats-server`"
+                )
+            });
         *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -274,7 +287,11 @@ fn nats_server_binary() -> PathBuf {
     if let Ok(path) = std::env::var("TASKBUS_NATS_SERVER") {
         return PathBuf::from(path);
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/bin", "/usr/bin"]) {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
+        "/usr/sbin",
+        "/usr/local/bin",
+        "/usr/bin",
+    ]) {
         let candidate = PathBuf::from(dir).join("nats-server");
         if candidate.is_file() {
             return candidate;
