@@ -115,6 +115,7 @@ impl Meta {
     }
 
     /// Sets `key` to `value`, replacing every earlier value and keeping the key's position.
+    #[allow(clippy::needless_pass_by_value)] // by value, so callers pass `2` and `"x"` alike
     pub fn set(&mut self, key: impl Into<String>, value: impl ToString) {
         let key = key.into();
         let value = value.to_string();
@@ -133,6 +134,7 @@ impl Meta {
     }
 
     /// Adds a value for `key` after any existing ones.
+    #[allow(clippy::needless_pass_by_value)] // by value, so callers pass `2` and `"x"` alike
     pub fn append(&mut self, key: impl Into<String>, value: impl ToString) {
         self.raw = None;
         self.pairs.push((key.into(), value.to_string()));
