@@ -149,3 +149,69 @@ fn type_and_command_are_required_and_typos_in_placeholders_caught() {
     let line = tb(&["exec", "--type", "x", "--", "echo", "{inof}"]).one_error(2);
     assert!(line.contains("{inof}"), "{line}");
 }
+
+#[test]
+fn sigterm_stops_the_commands_and_hands_their_tasks_back() {
+    let bus = FileBus::new();
+    tb(&["--bus", &bus.url, "send", "--type", "slow"]).ok();
+    let pidfile = bus.file("child.pid");
+    let mut exec = crate::util::taskbus()
+        .args([
+            "--bus",
+            &bus.url,
+            "exec",
+            "--type",
+            "slow",
+            "--worker-kill-time",
+            "300ms",
+            "--kill-grace",
+            "300ms",
+            "--",
+            "sh",
+            "-c",
+            r#"sleep 60 & echo $! > "$1"; wait"#,
+            "sh",
+        ])
+        .arg(&pidfile)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while std::fs::read_to_string(&pidfile).map_or(true, |s| !s.ends_with('\n')) {
+        assert!(waited < 600, "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    let child: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &exec.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = exec.wait().unwrap();
+    assert!(
+        status.success(),
+        "exec drains and exits 0 on SIGTERM: {status:?}"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+    let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+    assert!(
+        matches!(state, None | Some('Z')),
+        "the command {child} outlived exec: {stat}"
+    );
+    assert!(
+        bus.tasks("done").is_empty(),
+        "a task cut off by a shutdown is not done"
+    );
+    let back = tb(&["--bus", &bus.url, "tail", "slow", "--group", "workers"]).ok();
+    assert_eq!(
+        back.lines().len(),
+        1,
+        "the task was handed back to be redone: {back:?}"
+    );
+}
