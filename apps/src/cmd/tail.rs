@@ -84,6 +84,7 @@ pub(crate) async fn run(mut args: Args, global: &Global) -> anyhow::Result<()> {
     let idle = (!args.follow && !bus.capabilities().end_of_input)
         .then(|| args.options.idle.map_or(IDLE, |d| d.0));
     let mut printed = 0usize;
+    let mut acks = tokio::task::JoinSet::new();
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     while args.count.map_or(true, |n| printed < n) {
@@ -98,13 +99,32 @@ pub(crate) async fn run(mut args: Args, global: &Global) -> anyhow::Result<()> {
             Ok(false) => {}
             Err(_) => break, // stdout closed (`| head`): stop quietly
         }
-        item.settle()
-            .await
-            .context("cannot acknowledge a printed task")?;
+        // Acknowledge without waiting, keeping up to ACKS_IN_FLIGHT acks unconfirmed at once.
+        acks.spawn(item.settle());
+        if acks.len() >= ACKS_IN_FLIGHT {
+            settled(acks.join_next().await)?;
+        }
+    }
+    while let Some(ack) = acks.join_next().await {
+        settled(Some(ack))?;
     }
     source.close().await;
     bus.close().await.context("cannot close the bus")?;
     Ok(())
+}
+
+/// Acks of printed tasks kept unconfirmed at once.
+const ACKS_IN_FLIGHT: usize = 128;
+
+/// The outcome of one ack.
+fn settled(
+    ack: Option<Result<Result<(), taskbus_bus::BusError>, tokio::task::JoinError>>,
+) -> anyhow::Result<()> {
+    match ack {
+        Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("cannot acknowledge a printed task")),
+        Some(Err(e)) => Err(anyhow::anyhow!("acknowledging a printed task failed: {e}")),
+        _ => Ok(()),
+    }
 }
 
 /// Where tail reads from: a raw consumer (observer, or the dead-letter topic) or a subscription
