@@ -7,7 +7,9 @@ use futures::stream::{self, TryStreamExt};
 
 use crate::config::{BusOptions, BusUrl, SCHEMES};
 use crate::error::check_name;
-use crate::{Backend, BusError, Capabilities, Consumer, ConsumerOptions, Outgoing, Subscription, Task};
+use crate::{
+    Backend, BusError, Capabilities, Consumer, ConsumerOptions, Outgoing, Subscription, Task,
+};
 
 /// A connection to a bus: send tasks to topics, subscribe to topics in consumer groups.
 ///
@@ -56,9 +58,7 @@ impl Bus {
             "amqp" | "amqps" => crate::amqp::connect(&mut parsed).await?,
             "kafka" => crate::kafka::connect(&mut parsed).await?,
             other => {
-                return Err(parsed.error(format!(
-                    "unknown scheme {other:?}; use one of {SCHEMES}"
-                )))
+                return Err(parsed.error(format!("unknown scheme {other:?}; use one of {SCHEMES}")))
             }
         };
         parsed.finish()?;
@@ -107,14 +107,22 @@ impl Bus {
     /// Publishes many tasks to `topic`, keeping up to `in_flight` publishes unconfirmed at once, and
     /// returns once every one is stored. On an error, tasks after the failing one may or may not have
     /// been sent; the error says which task failed.
-    pub async fn send_all<'a, I>(&self, topic: &str, tasks: I, in_flight: usize) -> Result<usize, BusError>
+    pub async fn send_all<'a, I>(
+        &self,
+        topic: &str,
+        tasks: I,
+        in_flight: usize,
+    ) -> Result<usize, BusError>
     where
         I: IntoIterator<Item = &'a Task>,
     {
         stream::iter(tasks.into_iter().map(Ok))
             .map_ok(|task| async move {
                 self.send(topic, task).await.map_err(|e| {
-                    BusError::broker(format!("publish of task {:?} to topic {topic:?}", task.id), e)
+                    BusError::broker(
+                        format!("publish of task {:?} to topic {topic:?}", task.id),
+                        e,
+                    )
                 })
             })
             .try_buffer_unordered(in_flight.max(1))
@@ -135,7 +143,8 @@ impl Bus {
 
     /// Subscribes to `topic` in `group`, following the topic.
     pub async fn subscribe(&self, topic: &str, group: &str) -> Result<Subscription, BusError> {
-        self.subscribe_with(topic, ConsumerOptions::group(group)).await
+        self.subscribe_with(topic, ConsumerOptions::group(group))
+            .await
     }
 
     /// Subscribes to `topic` with `options`.
@@ -154,7 +163,12 @@ impl Bus {
             });
         }
         let consumer = self.consumer(topic, &options).await?;
-        Ok(Subscription::new(consumer, self.clone(), topic, &options.group))
+        Ok(Subscription::new(
+            consumer,
+            self.clone(),
+            topic,
+            &options.group,
+        ))
     }
 
     /// A raw consumer of `topic`: bytes, no decoding, no dead-lettering.

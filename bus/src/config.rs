@@ -97,9 +97,9 @@ impl BusUrl {
         let Some(v) = self.take(key) else {
             return Ok(None);
         };
-        v.parse::<T>().map(Some).map_err(|e| {
-            self.error(format!("option {key}={v:?} is not valid: {e}"))
-        })
+        v.parse::<T>()
+            .map(Some)
+            .map_err(|e| self.error(format!("option {key}={v:?} is not valid: {e}")))
     }
 
     /// Takes the option `key` as a duration such as `30s`, `5m`, `250ms`.
@@ -185,7 +185,8 @@ impl BusOptions {
         let mut options = BusOptions::default();
         if let Some(n) = url.take_parsed::<u32>("max_deliveries")? {
             if n == 0 {
-                return Err(url.error("option max_deliveries=0 would dead-letter everything; use 1 or more"));
+                return Err(url
+                    .error("option max_deliveries=0 would dead-letter everything; use 1 or more"));
             }
             options.max_deliveries = n;
         }

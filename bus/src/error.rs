@@ -98,7 +98,8 @@ impl BusError {
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let hint = match source.kind() {
             std::io::ErrorKind::PermissionDenied => {
-                "; check the directory's permissions or point the bus at a writable directory".to_owned()
+                "; check the directory's permissions or point the bus at a writable directory"
+                    .to_owned()
             }
             _ => String::new(),
         };

@@ -53,11 +53,11 @@ mod error;
 mod subscription;
 pub mod task;
 
-pub mod mem;
-pub mod file;
-pub mod nats;
 pub mod amqp;
+pub mod file;
 pub mod kafka;
+pub mod mem;
+pub mod nats;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{
-    BusError, Consumer, DeadLetter, Delivery, Outgoing, Task,
-};
+use crate::{BusError, Consumer, DeadLetter, Delivery, Outgoing, Task};
 
 use crate::bus::Bus;
 
