@@ -82,7 +82,10 @@ impl Meta {
 
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first value of `key`, parsed as `T`; `Ok(None)` when the key is missing.
@@ -104,14 +107,15 @@ impl Meta {
 
     /// A duration such as `30s`, `1m30s` or `250ms`; `Ok(None)` when the key is missing.
     pub fn get_duration(&self, key: &str) -> Result<Option<std::time::Duration>, MetaError> {
-        Ok(self
-            .get_parsed::<humantime::Duration>(key)?
-            .map(Into::into))
+        Ok(self.get_parsed::<humantime::Duration>(key)?.map(Into::into))
     }
 
     /// Every value of `key`, in order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.pairs.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets `key` to `value`, replacing every earlier value and keeping the key's position.
@@ -238,7 +242,10 @@ mod tests {
         assert!(err.to_string().contains("\"attempt\""), "{err}");
         assert!(err.to_string().contains("\"two\""), "{err}");
         let m: Meta = "timeout=90s".parse().unwrap();
-        assert_eq!(m.get_duration("timeout").unwrap(), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(
+            m.get_duration("timeout").unwrap(),
+            Some(std::time::Duration::from_secs(90))
+        );
     }
 
     #[test]

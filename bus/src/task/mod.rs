@@ -60,7 +60,11 @@ impl Task {
     }
 
     /// A new task that reuses an id (retries, workflow runs, deterministic cron ticks).
-    pub fn with_id(kind: impl Into<String>, info: impl Into<String>, id: impl Into<String>) -> Self {
+    pub fn with_id(
+        kind: impl Into<String>,
+        info: impl Into<String>,
+        id: impl Into<String>,
+    ) -> Self {
         Task {
             kind: kind.into(),
             info: info.into(),
@@ -121,7 +125,11 @@ impl Task {
 
     /// The attempt number from meta (0 when unset or unreadable).
     pub fn attempt(&self) -> u32 {
-        self.meta.get_parsed(meta::keys::ATTEMPT).ok().flatten().unwrap_or(0)
+        self.meta
+            .get_parsed(meta::keys::ATTEMPT)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// A key that is the same for the same message sent twice, and differs between a task, its done
