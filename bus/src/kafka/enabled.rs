@@ -56,8 +56,12 @@
 //!   its messages are not handed to anyone else; when a rebalance takes a partition away, the
 //!   member first waits for the messages it handed out from it (each for `rebalance_wait`, renewed
 //!   by `in_progress`), then commits what is done.
-//! - **Flow.** A member pauses its partitions while the application holds `max_in_flight` messages,
-//!   and resumes at half that.
+//! - **Flow.** Each assigned partition gets a librdkafka queue of its own; a member takes messages
+//!   from them only while the application holds fewer than `max_in_flight`, and the rest wait,
+//!   prefetched, in librdkafka (no pause and resume, which would throw prefetched data away).
+//! - **Threads.** Each consumer has a poll thread: Kafka drops a member that stops polling, and
+//!   rebalances are served while polling, so the member polls whether or not the application asks
+//!   for messages.
 //! - **Finite consumers** end once every partition assigned to them is read to its end and every
 //!   message handed out is settled.
 //! - **Ordering** holds per key (per partition), not across a topic of several partitions.

@@ -46,6 +46,8 @@ pub(super) struct PartitionOffsets {
     end: Option<i64>,
     /// The commit position last returned by [`advance`](Self::advance).
     stored: Option<i64>,
+    /// How many pending offsets are in each [`State`], by `State as usize`.
+    counts: [usize; 4],
 }
 
 impl PartitionOffsets {
@@ -53,7 +55,10 @@ impl PartitionOffsets {
     pub(super) fn fetched(&mut self, offset: i64) -> Seen {
         if self.end.map_or(true, |end| offset >= end) {
             self.end = Some(offset + 1);
-            self.pending.insert(offset, State::Queued);
+            if let Some(old) = self.pending.insert(offset, State::Queued) {
+                self.counts[old as usize] -= 1;
+            }
+            self.counts[State::Queued as usize] += 1;
             Seen::New
         } else if self.pending.contains_key(&offset) {
             Seen::InFlight
@@ -70,6 +75,8 @@ impl PartitionOffsets {
         match self.pending.get_mut(&offset) {
             Some(state) if *state == from => {
                 *state = to;
+                self.counts[from as usize] -= 1;
+                self.counts[to as usize] += 1;
                 true
             }
             _ => false,
@@ -84,7 +91,13 @@ impl PartitionOffsets {
 
     /// Marks `offset` done. Returns false when it was not pending (already done, or never fetched).
     pub(super) fn done(&mut self, offset: i64) -> bool {
-        self.pending.remove(&offset).is_some()
+        match self.pending.remove(&offset) {
+            Some(state) => {
+                self.counts[state as usize] -= 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// One past the highest offset fetched.
@@ -111,17 +124,17 @@ impl PartitionOffsets {
     /// How many messages are queued or handed out (what counts against the in-flight limit, and
     /// what a closing consumer waits for).
     pub(super) fn in_flight(&self) -> usize {
-        self.count(|s| matches!(s, State::Queued | State::Out))
+        self.counts[State::Queued as usize] + self.counts[State::Out as usize]
     }
 
     /// How many messages are handed out and not settled.
     pub(super) fn out(&self) -> usize {
-        self.count(|s| s == State::Out)
+        self.counts[State::Out as usize]
     }
 
     /// How many messages wait for their not-before time.
     pub(super) fn delayed(&self) -> usize {
-        self.count(|s| s == State::Delayed)
+        self.counts[State::Delayed as usize]
     }
 
     /// Every queued message becomes abandoned (the consumer went away before handing them out).
@@ -131,16 +144,64 @@ impl PartitionOffsets {
                 *state = State::Abandoned;
             }
         }
-    }
-
-    fn count(&self, f: impl Fn(State) -> bool) -> usize {
-        self.pending.values().filter(|s| f(**s)).count()
+        self.counts[State::Abandoned as usize] += self.counts[State::Queued as usize];
+        self.counts[State::Queued as usize] = 0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kept counts agree with the states.
+    fn check_counts(p: &PartitionOffsets) {
+        let count = |st: State| p.pending.values().filter(|s| **s == st).count();
+        assert_eq!(p.in_flight(), count(State::Queued) + count(State::Out));
+        assert_eq!(p.out(), count(State::Out));
+        assert_eq!(p.delayed(), count(State::Delayed));
+        assert_eq!(p.counts[State::Abandoned as usize], count(State::Abandoned));
+    }
+
+    #[test]
+    fn counts_follow_every_change() {
+        let mut p = PartitionOffsets::default();
+        // A fixed pseudo-random walk over fetches, hand-outs, delays, settles and abandons.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let offset = i64::try_from(x % 64).unwrap_or(0) + step / 16;
+            match x % 7 {
+                0 | 1 => {
+                    p.fetched(offset);
+                }
+                2 => {
+                    p.set(offset, State::Queued, State::Out);
+                }
+                3 => {
+                    p.set(offset, State::Queued, State::Delayed);
+                }
+                4 => {
+                    p.set(offset, State::Delayed, State::Queued);
+                }
+                5 => {
+                    p.done(offset);
+                }
+                _ if step % 97 == 0 => p.abandon_queued(),
+                _ => {
+                    p.set(offset, State::Out, State::Abandoned);
+                }
+            }
+            check_counts(&p);
+            if let Some(position) = p.advance() {
+                assert!(
+                    p.pending.keys().all(|o| *o >= position),
+                    "committed past a pending offset"
+                );
+            }
+        }
+    }
 
     fn fetch(p: &mut PartitionOffsets, offsets: impl IntoIterator<Item = i64>) {
         for o in offsets {

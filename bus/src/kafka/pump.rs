@@ -53,6 +53,13 @@ pub(super) struct Fetched {
 /// How many messages to take from one partition queue before looking at the next.
 const BATCH: usize = 64;
 
+/// The longest nap of the poll thread (it is woken sooner by arrivals and settles).
+const IDLE: Duration = Duration::from_millis(100);
+
+/// How often finished offsets are stored for the auto-commit (the commit itself runs every
+/// `commit_interval`; a rebalance or a close commits the latest positions directly).
+const STORE_EVERY: Duration = Duration::from_millis(20);
+
 /// The poll loop of one consumer.
 pub(super) struct Pump {
     consumer: Arc<KafkaConsumer>,
@@ -62,6 +69,8 @@ pub(super) struct Pump {
     finite: bool,
     /// Messages held back until their not-before time, by (due, sequence).
     delayed: BTreeMap<(Instant, u64), Fetched>,
+    /// When offsets were last stored.
+    stored_at: Instant,
     sequence: u64,
     ended: bool,
 }
@@ -90,6 +99,7 @@ impl Pump {
             max_in_flight: max_in_flight.max(1),
             finite,
             delayed: BTreeMap::new(),
+            stored_at: Instant::now(),
             sequence: 0,
             ended: false,
         }
@@ -126,10 +136,11 @@ impl Pump {
                 break;
             }
             if !round.busy {
-                let idle = self.next_due().map_or(Duration::from_millis(100), |d| {
-                    d.min(Duration::from_millis(100))
-                });
-                self.shared.sleep(idle);
+                let idle = self.next_due().map_or(IDLE, |d| d.min(IDLE));
+                // Full: wake when a quarter of the room is free again, to take a batch.
+                let full = room == 0 && !closing;
+                let wake_at = full.then(|| self.max_in_flight - self.max_in_flight.div_ceil(4));
+                self.shared.sleep(idle, wake_at);
             }
         }
         self.finish();
@@ -278,7 +289,11 @@ impl Pump {
     }
 
     /// Stores the commit positions that moved, for the next auto-commit.
-    fn store(&self) {
+    fn store(&mut self) {
+        if self.stored_at.elapsed() < STORE_EVERY {
+            return;
+        }
+        self.stored_at = Instant::now();
         let Some(tpl) = partition_list(&self.shared.topic, &self.shared.advanced()) else {
             return;
         };

@@ -44,6 +44,10 @@ pub(super) struct Inner {
     pub(super) assigned: bool,
     /// Something for the poll thread to look at (messages arrived, a settle, a close).
     wake: bool,
+    /// The poll thread waits for room: wake it when no more than this many are in flight.
+    wake_at: Option<usize>,
+    /// A rebalance waits for settles.
+    revoking: bool,
     /// Partitions whose end this consumer reached (finite consumers).
     pub(super) eof: HashSet<i32>,
     /// Per partition, the highest offset of a copy this consumer re-published (a nack): a finite
@@ -138,12 +142,15 @@ impl Shared {
     }
 
     /// The poll thread's nap: returns at once when woken since the last nap, else within `timeout`.
-    pub(super) fn sleep(&self, timeout: Duration) {
+    /// With `wake_at`, settles wake it only once no more than that many messages are in flight.
+    pub(super) fn sleep(&self, timeout: Duration, wake_at: Option<usize>) {
         let mut inner = self.lock();
+        inner.wake_at = wake_at;
         if !inner.wake {
             inner = self.wait(inner, timeout);
         }
         inner.wake = false;
+        inner.wake_at = None;
     }
 
     /// Waits up to `timeout` for a settle.
@@ -175,30 +182,37 @@ impl Shared {
     /// Marks a handed-out message done. False when its partition was taken away since (the message
     /// then goes to the partition's next owner again).
     pub(super) fn done(&self, ticket: &Ticket) -> bool {
-        let settled = {
-            let mut inner = self.lock();
-            inner.current(ticket).is_some_and(|claim| {
-                claim.leases.remove(&ticket.offset);
-                claim.offsets.done(ticket.offset)
-            })
-        };
-        self.notify();
+        let mut inner = self.lock();
+        let settled = inner.current(ticket).is_some_and(|claim| {
+            claim.leases.remove(&ticket.offset);
+            claim.offsets.done(ticket.offset)
+        });
+        self.settled(inner);
         settled
+    }
+
+    /// Wakes whoever may be waiting for a settle: a rebalance, a closing consumer, or the poll
+    /// thread once enough room was made (not on every settle: one wake takes a batch).
+    fn settled(&self, mut inner: MutexGuard<'_, Inner>) {
+        let room = inner.wake_at.is_some_and(|at| inner.in_flight() <= at);
+        if room || inner.revoking || inner.closing {
+            inner.wake = true;
+            drop(inner);
+            self.changed.notify_all();
+        }
     }
 
     /// Gives up on a handed-out message without settling it: it stays uncommitted, so the
     /// partition's next owner gets it.
     pub(super) fn abandon(&self, ticket: &Ticket) {
-        {
-            let mut inner = self.lock();
-            if let Some(claim) = inner.current(ticket) {
-                claim.leases.remove(&ticket.offset);
-                claim
-                    .offsets
-                    .set(ticket.offset, State::Out, State::Abandoned);
-            }
+        let mut inner = self.lock();
+        if let Some(claim) = inner.current(ticket) {
+            claim.leases.remove(&ticket.offset);
+            claim
+                .offsets
+                .set(ticket.offset, State::Out, State::Abandoned);
         }
-        self.notify();
+        self.settled(inner);
     }
 
     /// Renews a handed-out message's lease.
@@ -225,6 +239,7 @@ impl Shared {
     /// the position to commit for each partition that has one.
     pub(super) fn revoke(&self, partitions: &[i32], wait: bool) -> Vec<(i32, i64)> {
         let mut inner = self.lock();
+        inner.revoking = true;
         for p in partitions {
             if let Some(claim) = inner.claims.get_mut(p) {
                 claim.revoking = true;
@@ -246,6 +261,7 @@ impl Shared {
                 _ => break,
             }
         }
+        inner.revoking = false;
         let unfinished: usize = partitions
             .iter()
             .filter_map(|p| inner.claims.get(p))
