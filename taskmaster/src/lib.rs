@@ -10,6 +10,7 @@
 //! | [`template`] | info and meta templates (`{yyyy}`, `{SLUG}`, `{meta:key}` …) | |
 //! | [`cron`] | send tasks on schedules, once per tick across replicas, catching up after restarts | `taskbus cron` |
 //! | [`retry`] | retry failed tasks with backoff; exhausted ones go to a failed topic | `taskbus retry` |
+//! | [`flow`] | workflows: start tasks when their parents complete (DAGs, fan-in, retries) | `taskbus flow` |
 //! | [`backload`] | tasks over a time range | `taskbus backload` |
 //!
 //! [`clock`] lets tests drive every engine with a [`ManualClock`](clock::ManualClock).
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod cron;
 mod error;
+pub mod flow;
 pub mod retry;
 pub mod template;
 
