@@ -5,13 +5,16 @@
 #
 # - TASKBUS_TEST_KAFKA_URL set: the tests use that broker; this script does nothing.
 # - something already listens on 127.0.0.1:9092: nothing to do.
-# - else: `cargo install tansu@0.6.0 --locked --features dynostore` when tansu is missing (about 14
-#   minutes on two cores; the `dynostore` feature brings the memory storage engine, the default
-#   features only have one that discards data), then start it on the loopback interface with memory
-#   storage and wait until it accepts connections, or fail loudly with the end of its log.
+# - else: `cargo install tansu@0.6.0 --locked --features dynostore,libsql` when tansu is missing
+#   (15 to 25 minutes on two cores; `dynostore` brings the memory storage engine, the default
+#   features only have one that discards data; `libsql` brings SQLite storage), then start it on the
+#   loopback interface with memory storage and wait until it accepts connections, or fail loudly
+#   with the end of its log.
 #
-# tansu's memory storage keeps nothing across a restart of the broker. Topics are not auto-created:
-# the Kafka bus creates them through the admin API.
+# tansu's memory storage keeps nothing across a restart of the broker, so the broker-restart test
+# (bus/tests/conformance_kafka_restart.rs) runs a private tansu with SQLite storage instead; a tansu
+# built with `--features dynostore` only cannot, and that test then says it is skipped and why.
+# Topics are not auto-created: the Kafka bus creates them through the admin API.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -28,13 +31,13 @@ tansu=${CARGO_HOME:-$HOME/.cargo}/bin/tansu
 log=${TMPDIR:-/tmp}/taskbus-tansu.log
 
 if [ ! -x "$tansu" ]; then
-  echo "kafka: installing tansu 0.6.0 with cargo (about 14 minutes on two cores; once)"
+  echo "kafka: installing tansu 0.6.0 with cargo (15 to 25 minutes on two cores; once)"
   lock=${TMPDIR:-/tmp}/taskbus-tansu-install.lock
   # One install at a time, should two test runs start together.
   exec 9>"$lock"
   if command -v flock >/dev/null 2>&1; then flock 9; fi
   if [ ! -x "$tansu" ]; then
-    cargo install tansu@0.6.0 --locked --features dynostore ||
+    cargo install tansu@0.6.0 --locked --features dynostore,libsql ||
       { echo "error: cargo install tansu failed; see the output above" >&2; exit 1; }
   fi
   exec 9>&-

@@ -123,20 +123,49 @@ pub fn committed(url: &str, group_id: &str, topic: &str, partition: i32) -> Opti
     }
 }
 
-/// The conformance harness: one shared broker, `LEASE` as the session timeout.
+/// The conformance harness: the shared broker, or a private tansu it can restart; `LEASE` as the
+/// session timeout.
 pub struct KafkaHarness {
     url: String,
     caps: Capabilities,
+    private: Option<PrivateTansu>,
 }
 
 impl KafkaHarness {
+    /// A harness on a private tansu with SQLite storage, for the broker-restart case. When none can
+    /// start (a tansu without SQLite storage), the harness uses the shared broker and the restart
+    /// case says why it is skipped.
+    pub async fn private() -> KafkaHarness {
+        match PrivateTansu::start() {
+            Ok(tansu) => {
+                let url = batched_url(&tansu.url(), "");
+                let bus = connect(&url).await;
+                let caps = bus.capabilities();
+                let _ = bus.close().await;
+                KafkaHarness {
+                    url,
+                    caps,
+                    private: Some(tansu),
+                }
+            }
+            Err(reason) => {
+                eprintln!("no private tansu: {reason}");
+                KafkaHarness::shared().await
+            }
+        }
+    }
+
     /// A harness on the shared broker; fails (never skips) when it cannot be reached.
     pub async fn shared() -> KafkaHarness {
         let url = test_url(&base_url(), "");
         let bus = connect(&url).await;
         let caps = bus.capabilities();
         let _ = bus.close().await;
-        KafkaHarness { url, caps }
+        KafkaHarness {
+            url,
+            caps,
+            private: None,
+        }
     }
 }
 
@@ -160,10 +189,159 @@ impl Harness for KafkaHarness {
     }
 
     async fn restart_broker(&self) -> Result<(), String> {
-        Err(
-            "the test broker is tansu with memory storage, which keeps nothing across a restart \
-             (see scripts/brokers/kafka.sh)"
-                .to_owned(),
-        )
+        match &self.private {
+            Some(tansu) => tokio::task::block_in_place(|| tansu.restart()),
+            None => Err(
+                "the shared test broker is tansu with memory storage, which keeps nothing \
+                         across a restart, and no tansu with SQLite storage could start"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// The tansu binary: `TASKBUS_TANSU`, else the one scripts/brokers/kafka.sh installs.
+pub fn tansu_binary() -> std::path::PathBuf {
+    match std::env::var_os("TASKBUS_TANSU") {
+        Some(path) => path.into(),
+        None => {
+            let home = std::env::var_os("CARGO_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo"))
+                })
+                .unwrap_or_default();
+            home.join("bin").join("tansu")
+        }
+    }
+}
+
+/// A tansu of the test's own on a free port, storing in SQLite in a temporary directory (so it
+/// keeps its data across a restart, unlike the memory storage of the shared broker). Stopped and
+/// removed on drop.
+pub struct PrivateTansu {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl PrivateTansu {
+    /// Starts one. `Err` says why it cannot (no tansu, or one built without SQLite storage).
+    pub fn start() -> Result<PrivateTansu, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let dir = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+        let tansu = PrivateTansu {
+            port,
+            dir,
+            child: std::sync::Mutex::new(None),
+        };
+        tansu.spawn()?;
+        Ok(tansu)
+    }
+
+    /// `kafka://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("kafka://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
+    fn spawn(&self) -> Result<(), String> {
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .map_err(|e| format!("cannot open tansu's log: {e}"))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let binary = tansu_binary();
+        let mut child = std::process::Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+            ])
+            // A path relative to the working directory: the temporary directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot run {}: {e} (run scripts/brokers/kafka.sh)",
+                    binary.display()
+                )
+            })?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+                let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                return Err(
+                    if log.contains("libsql") || log.contains("FeatureNotEnabled") {
+                        format!(
+                        "{} was built without SQLite storage; reinstall it with `cargo install \
+                         tansu@0.6.0 --locked --features dynostore,libsql` ({tail})",
+                        binary.display()
+                    )
+                    } else {
+                        format!("tansu exited ({status}): {tail}")
+                    },
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("tansu did not listen within 20 s".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *self.child.lock().unwrap() = Some(child);
+        Ok(())
+    }
+
+    /// Stops tansu (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&self) {
+        let Some(mut child) = self.child.lock().unwrap().take() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops tansu and starts it again on the same port and data.
+    pub fn restart(&self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for PrivateTansu {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
