@@ -16,7 +16,7 @@
 //! | `partitions` | `3` | partitions of the topics this bus creates (more partitions, more members of a group can work at once) |
 //! | `replication` | `-1` | replication factor of the topics it creates; `-1` is the cluster's default |
 //! | `session_timeout` | `10s` | how long a member that stopped heartbeating (a crashed worker) keeps its partitions; its unfinished messages then go to another member |
-//! | `rebalance_wait` | `30s` | how long a rebalance waits for a handed-out message of a partition being taken away; `in_progress` renews this lease |
+//! | `rebalance_wait` | `30s` | how long a rebalance waits for a handed-out message of a partition being taken away; `in_progress` renews this lease, up to 4/5 of librdkafka's `max.poll.interval.ms` (the larger of 300 s and twice `rebalance_wait`) |
 //! | `join_wait` | `session_timeout` | how long opening a consumer waits for the group to assign it partitions (`0s`: not at all) |
 //! | `commit_interval` | `1s` | how often finished offsets are committed (`auto.commit.interval.ms`) |
 //! | `linger` | `5ms` | how long the producer waits to batch messages (`linger.ms`) |
@@ -143,7 +143,12 @@ impl Backend for KafkaBackend {
     ) -> Result<Box<dyn Consumer>, BusError> {
         self.producer.ensure_topic(topic).await?;
         let settings = &self.producer.settings;
-        let shared = Arc::new(Shared::new(topic, &options.group, settings.rebalance_wait));
+        let shared = Arc::new(Shared::new(
+            topic,
+            &options.group,
+            settings.rebalance_wait,
+            settings.rebalance_cap(),
+        ));
         let group_id = self.group_id(&options.group, topic);
         let op = || {
             format!(

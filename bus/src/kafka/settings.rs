@@ -157,10 +157,7 @@ impl Settings {
             .set("heartbeat.interval.ms", millis(heartbeat))
             // A rebalance waits inside `poll` (rebalance_wait, renewed by in_progress): librdkafka
             // leaves the group if that outlasts this.
-            .set(
-                "max.poll.interval.ms",
-                millis((self.rebalance_wait * 2).max(Duration::from_secs(300))),
-            )
+            .set("max.poll.interval.ms", millis(self.max_poll_interval()))
             .set(
                 "enable.partition.eof",
                 if finite { "true" } else { "false" },
@@ -169,6 +166,18 @@ impl Settings {
             // when the consumer has enough in flight, and a pause drops what was prefetched.
             .set("queued.max.messages.kbytes", "8192");
         self.finish(c)
+    }
+
+    /// How long librdkafka lets its poll thread stay inside one `poll` (a rebalance waiting for
+    /// deliveries) before it leaves the group.
+    pub(super) fn max_poll_interval(&self) -> Duration {
+        (self.rebalance_wait * 2).max(Duration::from_secs(300))
+    }
+
+    /// The longest a rebalance waits for deliveries, even when `in_progress` keeps renewing their
+    /// leases: well within `max_poll_interval`.
+    pub(super) fn rebalance_cap(&self) -> Duration {
+        self.max_poll_interval() * 4 / 5
     }
 
     /// The admin client that creates topics.

@@ -110,17 +110,20 @@ pub(super) struct Shared {
     /// How long a handed-out message is leased before a rebalance may take it away, renewed by
     /// `in_progress`.
     pub(super) lease: Duration,
+    /// The longest a rebalance waits, leases renewed or not.
+    cap: Duration,
     inner: Mutex<Inner>,
     /// Signalled whenever a message is settled or the consumer is closing.
     changed: Condvar,
 }
 
 impl Shared {
-    pub(super) fn new(topic: &str, group: &str, lease: Duration) -> Shared {
+    pub(super) fn new(topic: &str, group: &str, lease: Duration, cap: Duration) -> Shared {
         Shared {
             topic: topic.to_owned(),
             group: group.to_owned(),
             lease,
+            cap,
             inner: Mutex::new(Inner::default()),
             changed: Condvar::new(),
         }
@@ -256,6 +259,10 @@ impl Shared {
                 .max();
             match last_lease {
                 Some(until) if wait && until > now && !inner.shutdown => {
+                    let until = until.min(started + self.cap);
+                    if until <= now {
+                        break;
+                    }
                     inner = self.wait(inner, (until - now).min(Duration::from_millis(100)));
                 }
                 _ => break,
