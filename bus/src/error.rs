@@ -119,8 +119,28 @@ pub(crate) fn redact(url: &str) -> String {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
-        _ => url.to_owned(),
+        Ok(_) => url.to_owned(),
+        // Not a URL the url crate takes (several hosts: kafka://u:p@h1:9092,h2:9092): mask the
+        // password between `user:` and `@` by hand.
+        Err(_) => redact_by_hand(url),
     }
+}
+
+fn redact_by_hand(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return url.to_owned();
+    };
+    format!("{}***{}", &url[..start + colon + 1], &url[start + at..])
 }
 
 /// Checks a topic or group name: non-empty, at most 200 bytes, and only `A-Z a-z 0-9 . _ -`, so it is

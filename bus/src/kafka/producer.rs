@@ -91,8 +91,9 @@ impl Producer {
         }
         let s = &self.settings;
         let new = NewTopic::new(topic, s.partitions, TopicReplication::Fixed(s.replication));
-        let options =
-            AdminOptions::new().operation_timeout(Some(Timeout::After(s.connect_timeout)));
+        let options = AdminOptions::new()
+            .request_timeout(Some(Timeout::After(s.connect_timeout)))
+            .operation_timeout(Some(Timeout::After(s.connect_timeout)));
         let op = || format!("create topic {topic:?} on {}", self.url);
         let results = self
             .admin

@@ -314,6 +314,19 @@ mod tests {
     }
 
     #[test]
+    fn passwords_never_show_in_errors() {
+        for url in [
+            "kafka://alice:s3cret@h:9092",
+            "kafka://alice:s3cret@h1:9092,h2:9092",
+        ] {
+            let u = BusUrl::parse(url).unwrap();
+            assert!(!u.redacted().contains("s3cret"), "{}", u.redacted());
+            let err = u.error("x").to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         let err = |u: &str| parse(u).unwrap_err().to_string();
         assert!(err("kafka:h:1").contains("kafka://HOST:PORT"));
