@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
-use taskbus_bus::{Bus, ConsumerOptions, Received, Task};
+use taskbus_bus::{Bus, ConsumerOptions, Received, Subscription, Task};
 use tokio_util::sync::CancellationToken;
 
 use super::config::WorkflowSet;
@@ -134,12 +134,35 @@ impl FlowService {
         self.settle_in_doubt().await?;
         let options = ConsumerOptions::group(&self.options.group)
             .max_in_flight(self.options.batch.max(1) * 2);
-        let mut sub = self
+        let sub = self
             .bus
             .subscribe_with(&self.options.done_topic, options)
             .await?;
         tracing::info!(topic = %self.options.done_topic, group = %self.options.group,
             workflows = self.engine.workflows().count(), state = %self.options.state.display(), "flow running");
+        // The subscription is read in a task of its own that never abandons a `next()` half-way (a
+        // claimed delivery dropped unsettled would come back only after its lease); the loop below
+        // can then wait on timers and the channel freely.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(self.options.batch.max(1));
+        let stop_reading = CancellationToken::new();
+        let reader = tokio::spawn(read_done(sub, tx, stop_reading.clone()));
+        let result = self.serve(&shutdown, &mut rx).await;
+        stop_reading.cancel();
+        drop(rx);
+        let _ = reader.await;
+        result?;
+        let now = self.clock.now();
+        self.flush(now).await?;
+        self.housekeeping(now)?;
+        tracing::info!("flow stopped");
+        Ok(())
+    }
+
+    async fn serve(
+        &mut self,
+        shutdown: &CancellationToken,
+        rx: &mut tokio::sync::mpsc::Receiver<Received>,
+    ) -> Result<(), TaskmasterError> {
         loop {
             let now = self.clock.now();
             self.fire_ticks(now)?;
@@ -147,39 +170,23 @@ impl FlowService {
             self.housekeeping(now)?;
             let wake = self.next_wakeup(now);
             let first = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return Ok(()),
                 () = self.clock.sleep_until(wake) => continue,
-                next = sub.next() => next,
+                first = rx.recv() => first,
             };
-            match first {
-                Ok(Some(received)) => {
-                    let mut batch = vec![received];
-                    while batch.len() < self.options.batch {
-                        match futures::FutureExt::now_or_never(sub.next()) {
-                            Some(Ok(Some(r))) => batch.push(r),
-                            _ => break,
-                        }
-                    }
-                    self.handle(batch).await?;
-                }
-                Ok(None) => {
-                    let now = self.clock.now();
-                    self.flush(now).await?;
-                    self.housekeeping(now)?;
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the done topic; trying again in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(first) = first else {
+                tracing::info!("the done topic ended");
+                return Ok(());
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.options.batch {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
             }
+            self.handle(batch).await?;
         }
-        let _ = sub.close().await;
-        let now = self.clock.now();
-        self.flush(now).await?;
-        self.housekeeping(now)?;
-        tracing::info!("flow stopped");
-        Ok(())
     }
 
     /// Decides each done task, writes the decisions, then acks the messages.
@@ -479,6 +486,36 @@ impl DueExt for Option<DateTime<Utc>> {
     fn is_none_or_before(&self, now: DateTime<Utc>) -> bool {
         self.map_or(true, |d| d <= now)
     }
+}
+
+/// Hands the done topic's tasks to the loop until stopped, the topic ends, or the loop is gone.
+async fn read_done(
+    mut sub: Subscription,
+    tx: tokio::sync::mpsc::Sender<Received>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => break,
+            next = sub.next() => next,
+        };
+        match next {
+            Ok(Some(received)) => {
+                if tx.send(received).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the done topic; trying again in 1s");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    let _ = sub.close().await;
 }
 
 /// Reads `topic` from its start in a group of its own and returns the de-duplication keys in

@@ -100,11 +100,11 @@ pub fn render(run: &Run) -> String {
     let _ = writeln!(out, "workflow  {}", run.key.workflow);
     let _ = writeln!(out, "run       {}", run.key.run);
     let _ = writeln!(out, "scheduled {}", rfc3339(run.scheduled));
-    let _ = writeln!(out, "started   {} ({})", rfc3339(run.started), run.via);
-    let _ = writeln!(out, "updated   {}", rfc3339(run.updated));
+    let _ = writeln!(out, "started   {} ({})", short(run.started), run.via);
+    let _ = writeln!(out, "updated   {}", short(run.updated));
     let _ = writeln!(out, "state     {}", run.outcome());
     out.push('\n');
-    let t = |x: Option<DateTime<Utc>>| x.map_or_else(|| "-".to_owned(), rfc3339);
+    let t = |x: Option<DateTime<Utc>>| x.map_or_else(|| "-".to_owned(), short);
     let mut table = vec![[
         "PHASE".to_owned(),
         "TASK".to_owned(),
@@ -148,6 +148,11 @@ pub fn render(run: &Run) -> String {
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out
+}
+
+/// A time to the millisecond.
+fn short(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// A run as JSON: the run's fields and one object per phase.
