@@ -337,3 +337,37 @@ async fn deleted_consumer_is_created_again() {
     );
     r.ack().await.expect("ack");
 }
+
+/// With `confirm_acks=true` an ack returns once the server has it: a finite consumer opened right
+/// after finds nothing left.
+#[tokio::test]
+async fn confirmed_acks_are_on_the_server_when_ack_returns() {
+    let bus = bus("confirm_acks=true").await;
+    let topic = unique("confirmed");
+    let tasks: Vec<Task> = (0..5)
+        .map(|i| Task::new("confirmed", i.to_string()))
+        .collect();
+    bus.send_all(&topic, &tasks, 5).await.expect("send");
+    let mut sub = bus.subscribe(&topic, "g").await.expect("subscribe");
+    for _ in 0..5 {
+        next_within(&mut sub, 10, "a task")
+            .await
+            .ack()
+            .await
+            .expect("a confirmed ack");
+    }
+    sub.close().await.expect("close");
+    let mut rest = bus
+        .subscribe_with(&topic, ConsumerOptions::group("g").finite(true))
+        .await
+        .expect("subscribe");
+    let left = tokio::time::timeout(Duration::from_secs(10), rest.next())
+        .await
+        .expect("the end")
+        .expect("next");
+    assert!(
+        left.is_none(),
+        "an acked task came again: {:?}",
+        left.map(|r| r.task.id)
+    );
+}

@@ -1,4 +1,5 @@
-//! Settling one JetStream delivery: `+ACK`, `-NAK [{"delay":…}]`, `+WPI`, each confirmed by the server.
+//! Settling one JetStream delivery: `+ACK` (confirmed by the server when `confirm_acks`), and
+//! `-NAK [{"delay":…}]` and `+WPI`, always confirmed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,63 +61,74 @@ impl Flow {
     }
 }
 
-/// Settles one message through its JetStream reply subject.
-pub(super) struct NatsAcker {
-    client: Client,
-    reply: Subject,
-    reconnects: watch::Receiver<u64>,
-    topic: Arc<str>,
-    flow: Arc<Flow>,
-    settled: bool,
+/// What the ackers of one consumer share.
+pub(super) struct Settler {
+    pub(super) client: Client,
+    pub(super) reconnects: watch::Receiver<u64>,
+    pub(super) topic: Arc<str>,
+    pub(super) flow: Arc<Flow>,
+    /// Whether `ack` waits for the server's confirmation (`confirm_acks`).
+    pub(super) confirm_acks: bool,
 }
 
-impl NatsAcker {
-    /// An acker for the message whose ack subject is `reply`; the caller has already counted it in
-    /// `flow` with [`Flow::take`].
-    pub(super) fn new(
-        client: Client,
-        reply: Subject,
-        reconnects: watch::Receiver<u64>,
-        topic: Arc<str>,
-        flow: Arc<Flow>,
-    ) -> Self {
-        NatsAcker {
-            client,
-            reply,
-            reconnects,
-            topic,
-            flow,
-            settled: false,
-        }
-    }
-
-    /// Sends `payload` to the ack subject and waits for the server's confirmation. Settling is
-    /// idempotent, so when the connection is replaced while waiting (the request may have died with
-    /// the old one) it is sent again on the new one.
-    async fn confirm(&self, what: &str, payload: Bytes) -> Result<(), BusError> {
+impl Settler {
+    /// Sends `payload` to the ack subject `reply` and waits for the server's confirmation.
+    /// Settling is idempotent, so when the connection is replaced while waiting (the request may
+    /// have died with the old one) it is sent again on the new one.
+    async fn confirm(&self, reply: &Subject, what: &str, payload: Bytes) -> Result<(), BusError> {
         let mut reconnects = self.reconnects.clone();
         reconnects.borrow_and_update();
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
-            let request = self.client.request(self.reply.clone(), payload.clone());
+            let request = self.client.request(reply.clone(), payload.clone());
             tokio::select! {
                 result = request => break result.map(drop),
                 Ok(()) = reconnects.changed(), if attempts < 3 => {}
             }
         };
-        result.map_err(|e| {
-            BusError::broker(
-                format!("{what} of a message from topic {:?}", self.topic),
-                format!("{e}; the message will be delivered again after its ack wait"),
-            )
-        })
+        result.map_err(|e| self.error(what, e))
+    }
+
+    /// Sends `payload` to the ack subject `reply` without waiting. While the connection is down the
+    /// client keeps it and sends it once reconnected.
+    async fn send(&self, reply: &Subject, what: &str, payload: Bytes) -> Result<(), BusError> {
+        self.client
+            .publish(reply.clone(), payload)
+            .await
+            .map_err(|e| self.error(what, e))
+    }
+
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> BusError {
+        BusError::broker(
+            format!("{what} of a message from topic {:?}", self.topic),
+            format!("{e}; the message will be delivered again after its ack wait"),
+        )
+    }
+}
+
+/// Settles one message through its JetStream ack subject.
+pub(super) struct NatsAcker {
+    settler: Arc<Settler>,
+    reply: Subject,
+    settled: bool,
+}
+
+impl NatsAcker {
+    /// An acker for the message whose ack subject is `reply`; the caller has already counted it in
+    /// the settler's flow with [`Flow::take`].
+    pub(super) fn new(settler: Arc<Settler>, reply: Subject) -> Self {
+        NatsAcker {
+            settler,
+            reply,
+            settled: false,
+        }
     }
 
     fn settle(&mut self) {
         if !self.settled {
             self.settled = true;
-            self.flow.release();
+            self.settler.flow.release();
         }
     }
 }
@@ -125,7 +137,12 @@ impl NatsAcker {
 impl Acker for NatsAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
         self.settle();
-        self.confirm("ack", Bytes::from_static(b"+ACK")).await
+        let ack = Bytes::from_static(b"+ACK");
+        if self.settler.confirm_acks {
+            self.settler.confirm(&self.reply, "ack", ack).await
+        } else {
+            self.settler.send(&self.reply, "ack", ack).await
+        }
     }
 
     async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {
@@ -133,15 +150,17 @@ impl Acker for NatsAcker {
         let payload = match delay.filter(|d| !d.is_zero()) {
             None => Bytes::from_static(b"-NAK"),
             Some(d) => {
-                self.flow.nacked_with_delay(d);
+                self.settler.flow.nacked_with_delay(d);
                 Bytes::from(format!("-NAK {{\"delay\":{}}}", d.as_nanos()))
             }
         };
-        self.confirm("nack", payload).await
+        self.settler.confirm(&self.reply, "nack", payload).await
     }
 
     async fn in_progress(&self) -> Result<(), BusError> {
-        self.confirm("in-progress ack (+WPI)", Bytes::from_static(b"+WPI"))
+        let wpi = Bytes::from_static(b"+WPI");
+        self.settler
+            .confirm(&self.reply, "in-progress ack (+WPI)", wpi)
             .await
     }
 }
@@ -154,7 +173,7 @@ impl Drop for NatsAcker {
         self.settle();
         // Dropped unsettled: hand the message back at once rather than after the ack wait.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let client = self.client.clone();
+            let client = self.settler.client.clone();
             let reply = self.reply.clone();
             runtime.spawn(async move {
                 let _ = client.publish(reply, Bytes::from_static(b"-NAK")).await;

@@ -13,7 +13,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::acker::{delivery_count, Flow, NatsAcker};
+use super::acker::{delivery_count, Flow, NatsAcker, Settler};
 use super::pulls::{is_delivery, retire, Pulls};
 use super::topology::Topology;
 use crate::{BusError, Consumer, ConsumerOptions, Delivery};
@@ -40,6 +40,8 @@ pub(super) struct NatsConsumer {
     /// Messages that had arrived when the consumer closed, still to be handed out.
     after_close: VecDeque<Message>,
     flow: Arc<Flow>,
+    /// What the ackers of this consumer's deliveries share.
+    settler: Arc<Settler>,
     max_in_flight: usize,
     finite: bool,
     /// How long a pull request waits at the server: half the ack wait, between 1 s and 30 s.
@@ -79,6 +81,14 @@ impl NatsConsumer {
         );
         let expires = (topology.options().ack_wait / 2)
             .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let flow = Arc::new(Flow::default());
+        let settler = Arc::new(Settler {
+            client: client.clone(),
+            reconnects: reconnects.clone(),
+            topic: Arc::from(topic),
+            flow: Arc::clone(&flow),
+            confirm_acks: topology.options().confirm_acks,
+        });
         Ok(NatsConsumer {
             client,
             topology,
@@ -88,7 +98,8 @@ impl NatsConsumer {
             inbox,
             sub: Some(sub),
             after_close: VecDeque::new(),
-            flow: Arc::new(Flow::default()),
+            flow,
+            settler,
             max_in_flight: options.max_in_flight.max(1),
             finite: options.finite,
             expires,
@@ -204,13 +215,7 @@ impl NatsConsumer {
             1
         });
         self.flow.take();
-        let acker = NatsAcker::new(
-            self.client.clone(),
-            reply,
-            self.reconnects.clone(),
-            Arc::clone(&self.topic),
-            Arc::clone(&self.flow),
-        );
+        let acker = NatsAcker::new(Arc::clone(&self.settler), reply);
         Some(Delivery::new(
             &*self.topic,
             message.payload,

@@ -24,11 +24,15 @@
 //! - A consumer fetches in batches: it asks for as many messages as it has room for under
 //!   [`ConsumerOptions::max_in_flight`](crate::ConsumerOptions), and never holds more than that
 //!   unsettled, so messages do not wait in a client buffer while their ack wait runs out.
-//! - `ack` and `nack` wait for the server to confirm them (a JetStream "double ack"); `nack` with a
-//!   delay uses `-NAK {"delay":…}`; [`Delivery::in_progress`](crate::Delivery::in_progress) sends
-//!   `+WPI`, which restarts the message's ack wait, so a task running longer than `ack_wait` keeps
-//!   its lease while its worker calls it. A delivery dropped without being settled is nacked at
-//!   once. The delivery count comes from the message's JetStream metadata.
+//! - `ack` sends `+ACK` and returns without waiting for the server (as AMQP and Kafka consumers
+//!   do); while the connection is down the client keeps it and sends it after reconnecting, and an
+//!   ack that is lost all the same means one more delivery, never a lost task. With
+//!   `confirm_acks=true` it waits for the server's confirmation (a JetStream "double ack") instead,
+//!   at some cost in throughput. `nack` waits for the server's confirmation, and with a delay sends
+//!   `-NAK {"delay":…}`. [`Delivery::in_progress`](crate::Delivery::in_progress) sends `+WPI` and
+//!   waits for its confirmation: it restarts the message's ack wait, so a task that runs longer
+//!   than `ack_wait` keeps its lease while its worker calls it. A delivery dropped without being
+//!   settled is nacked at once. The delivery count comes from the message's JetStream metadata.
 //! - `send` waits for the JetStream publish ack. Concurrent sends are pipelined on one connection
 //!   (no lock is held across a publish), so `Bus::send_all` and a worker's many in-flight tasks
 //!   keep many publishes unconfirmed at once.
@@ -75,6 +79,7 @@
 //! | `subject_prefix` | `taskbus` | prefix of subjects; empty to use the topic as the subject |
 //! | `ack_wait` | `30s` | the lease: how long a delivery may stay unsettled before it is handed out again |
 //! | `max_ack_pending` | `10000` | how many messages one group may hold unacked at once, over all its members |
+//! | `confirm_acks` | `false` | make `ack` wait for the server's confirmation |
 //! | `storage` | `file` | `file` or `memory`, for new streams |
 //! | `replicas` | `1` | copies of each new stream in a cluster (1 to 5) |
 //! | `max_age` | `0` (forever) | how long new streams keep messages, such as `7d`; `0` keeps them |
