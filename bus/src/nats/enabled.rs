@@ -132,7 +132,7 @@ fn on_event(event: &Event, reconnected: &watch::Sender<u64>) {
         Event::Disconnected => tracing::warn!("disconnected from nats-server; reconnecting"),
         Event::LameDuckMode => tracing::warn!("nats-server is shutting down (lame duck mode)"),
         Event::SlowConsumer(sid) => {
-            tracing::warn!(sid, "slow consumer: nats-server dropped messages")
+            tracing::warn!(sid, "slow consumer: nats-server dropped messages");
         }
         other => tracing::debug!(event = %other, "nats event"),
     }

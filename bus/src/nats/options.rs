@@ -12,7 +12,7 @@ use crate::BusError;
 /// How to sign in.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Auth {
-    pub(super) user: Option<(String, String)>,
+    pub(super) user: Option<Login>,
     pub(super) token: Option<String>,
     pub(super) creds: Option<PathBuf>,
     pub(super) nkey: Option<String>,
@@ -89,8 +89,11 @@ impl NatsOptions {
     }
 }
 
+/// A user and password.
+type Login = (String, String);
+
 /// Splits `//[user:pass@]host[:port][,host[:port]…]` into the credentials and the servers.
-fn split_body(url: &BusUrl) -> Result<(Option<(String, String)>, Vec<String>), BusError> {
+fn split_body(url: &BusUrl) -> Result<(Option<Login>, Vec<String>), BusError> {
     let Some(rest) = url.body().strip_prefix("//") else {
         return Err(url.error("write it as nats://HOST:PORT[,HOST:PORT…]"));
     };
@@ -220,6 +223,7 @@ fn replicas(url: &mut BusUrl) -> Result<usize, BusError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
