@@ -57,6 +57,19 @@ async fn a_misspelt_option_fails_before_any_network_wait() {
     assert!(err.contains("zstd"), "{err}");
 }
 
+/// The bundled librdkafka has TLS and zstd: the settings are taken (the broker at port 1 is then
+/// what fails, not the configuration).
+#[tokio::test]
+async fn tls_and_zstd_settings_are_accepted() {
+    let err = Bus::connect(
+        "kafka://127.0.0.1:1?connect_timeout=1s&compression=zstd&rdkafka.security.protocol=ssl",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot connect to"), "{err}");
+}
+
 /// A nack re-publishes the task to its topic for the nacking group only: another group on the
 /// same topic sees the task once, the nacking group sees it again with its delivery counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
