@@ -1,9 +1,9 @@
 //! The conformance suite on RabbitMQ with quorum queues (`queue_type=quorum`), whose delivery counts
 //! and requeues work differently from classic queues'.
+#![cfg(feature = "amqp")]
 
-#[path = "amqp_support.rs"]
-mod support;
+mod amqp_support;
 
-use support::AmqpHarness;
+use amqp_support::AmqpHarness;
 
 taskbus_bus::conformance_tests!(AmqpHarness::quorum());

@@ -1,9 +1,9 @@
 //! The broker-restart conformance case on RabbitMQ, in a test binary of its own so that no other case
 //! runs while RabbitMQ is down. It restarts RabbitMQ with `rabbitmqctl stop_app` and `start_app`.
+#![cfg(feature = "amqp")]
 
-#[path = "amqp_support.rs"]
-mod support;
+mod amqp_support;
 
-use support::AmqpHarness;
+use amqp_support::AmqpHarness;
 
 taskbus_bus::conformance_tests!(AmqpHarness::classic(); only broker_restart);

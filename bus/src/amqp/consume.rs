@@ -1,7 +1,8 @@
-//! Consumers (one channel each, reopened when lost) and the ackers of their deliveries.
+//! Consumers. Each reads its group's queue and, beside it, its topic's backlog queue (messages sent
+//! while no group's queue was bound), each on a channel of its own with its own settler, and reopens
+//! both when they are lost.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,32 +11,25 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::mpsc;
 
+use super::acker::{delivery_count, AmqpAcker, DelayTracker};
 use super::enabled::Shared;
 use super::link::{with_retries, Failure};
 use super::names;
-use super::options::QueueType;
 use super::settle::{self, Settle};
 use super::topology;
-use crate::{Acker, BusError, Consumer, Delivery};
+use crate::{BusError, Consumer, Delivery};
 
-/// The header in which this bus carries how many times a republished message was delivered.
-const DELIVERIES_HEADER: &str = "x-taskbus-deliveries";
-/// The header in which quorum queues count a message's returns.
-const QUORUM_COUNT_HEADER: &str = "x-delivery-count";
-/// Backlog re-checks after a consumer opens, to catch a publisher that bound the backlog again in
-/// the instant between a group's queue being bound and the backlog being unbound.
-const BACKLOG_RECHECKS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(15)];
-
-/// One consumer of a group's queue.
+/// One consumer of a group.
 pub(crate) struct AmqpConsumer {
     shared: Arc<Shared>,
     topic: String,
+    /// The group's queue.
     queue: String,
+    backlog: String,
     prefetch: u16,
     finite: bool,
     closed: bool,
@@ -43,16 +37,34 @@ pub(crate) struct AmqpConsumer {
     delays: Arc<DelayTracker>,
 }
 
-/// A consumer's channel, its stream of deliveries and its settler.
+/// The two feeds of a consumer, opened together.
 struct Session {
+    group: Feed,
+    backlog: Feed,
+}
+
+/// One queue consumed on a channel of its own.
+struct Feed {
+    queue: String,
     channel: Channel,
     tag: String,
     stream: lapin::Consumer,
     settle: mpsc::UnboundedSender<Settle>,
+    /// The stream ended after the consumer was cancelled.
+    ended: bool,
 }
 
+/// Which feed a delivery came from.
+#[derive(Clone, Copy)]
+enum From {
+    Group,
+    Backlog,
+}
+
+type Item = Option<lapin::Result<lapin::message::Delivery>>;
+
 impl AmqpConsumer {
-    /// Declares the group's queue, moves the topic's backlog into it and starts consuming.
+    /// Declares the group's queue and the topic's backlog, and starts consuming both.
     pub(crate) async fn open(
         shared: Arc<Shared>,
         topic: &str,
@@ -67,6 +79,7 @@ impl AmqpConsumer {
         let mut consumer = AmqpConsumer {
             topic: topic.to_owned(),
             queue: names::group_queue(&options.exchange, topic, group),
+            backlog: names::backlog_queue(&options.exchange, topic),
             prefetch: prefetch.max(1),
             finite,
             closed: false,
@@ -75,7 +88,6 @@ impl AmqpConsumer {
             shared,
         };
         consumer.reopen().await?;
-        consumer.recheck_backlog_later();
         Ok(consumer)
     }
 
@@ -96,6 +108,17 @@ impl AmqpConsumer {
             .connection()
             .await
             .map_err(Failure::fatal)?;
+        let channel = self.channel(&connection).await?;
+        topology::declare_exchanges(&channel, o).await?;
+        topology::declare_bound_queue(&channel, o, &self.queue, &self.topic).await?;
+        topology::declare_backlog(&channel, o, &self.topic).await?;
+        let group = self.feed(channel, &self.queue).await?;
+        let channel = self.channel(&connection).await?;
+        let backlog = self.feed(channel, &self.backlog).await?;
+        Ok(Session { group, backlog })
+    }
+
+    async fn channel(&self, connection: &Connection) -> Result<Channel, Failure> {
         let op = || format!("consume queue {:?}", self.queue);
         let channel = connection
             .create_channel()
@@ -105,85 +128,175 @@ impl AmqpConsumer {
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await;
         qos.map_err(|e| Failure::lapin(op(), &e))?;
-        topology::declare_exchange(&channel, o).await?;
-        topology::declare_bound_queue(&channel, o, &self.queue, &self.topic).await?;
-        topology::adopt_backlog(&connection, o, &self.topic, &self.queue).await?;
+        Ok(channel)
+    }
+
+    async fn feed(&self, channel: Channel, queue: &str) -> Result<Feed, Failure> {
         let tag = format!("taskbus-{}", uuid::Uuid::new_v4());
         let stream = channel
             .basic_consume(
-                &self.queue,
+                queue,
                 &tag,
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| Failure::lapin(op(), &e))?;
-        let settle = settle::spawn(channel.clone(), self.queue.clone());
-        Ok(Session {
+            .map_err(|e| Failure::lapin(format!("consume queue {queue:?}"), &e))?;
+        let settle = settle::spawn(channel.clone(), queue.to_owned());
+        self.shared.track_settler(&settle);
+        Ok(Feed {
+            queue: queue.to_owned(),
             channel,
             tag,
             stream,
             settle,
+            ended: false,
         })
     }
 
-    fn recheck_backlog_later(&self) {
-        let (shared, topic, queue) = (self.shared.clone(), self.topic.clone(), self.queue.clone());
-        tokio::spawn(async move {
-            for wait in BACKLOG_RECHECKS {
-                tokio::time::sleep(wait).await;
-                if shared.consume.is_closed() {
-                    return;
-                }
-                let Ok(connection) = shared.consume.connection().await else {
-                    continue;
-                };
-                if let Err(f) =
-                    topology::adopt_backlog(&connection, &shared.options, &topic, &queue).await
-                {
-                    tracing::warn!(topic, error = %f.error, "checking the topic's backlog");
-                }
-            }
-        });
-    }
-
-    /// Turns a lapin delivery into a [`Delivery`], registering it with the settler first.
-    fn hand_out(&self, session: &Session, d: lapin::message::Delivery) -> Delivery {
+    /// Turns a lapin delivery into a [`Delivery`] settled through its feed's settler.
+    fn hand_out(&self, from: From, d: lapin::message::Delivery) -> Option<Delivery> {
+        let session = self.session.as_ref()?;
+        let feed = match from {
+            From::Group => &session.group,
+            From::Backlog => &session.backlog,
+        };
         let count = delivery_count(&d, self.shared.options.queue_type);
-        let _ = session.settle.send(Settle::Handed(d.delivery_tag));
         let payload = Bytes::from(d.data);
         let acker = AmqpAcker {
             shared: self.shared.clone(),
             queue: self.queue.clone(),
             tag: d.delivery_tag,
-            settle: session.settle.clone(),
+            settle: feed.settle.clone(),
+            status: feed.channel.status().clone(),
             payload: payload.clone(),
             properties: d.properties,
             count,
             delays: self.delays.clone(),
             settled: false,
         };
-        Delivery::new(self.topic.clone(), payload, count, Box::new(acker))
+        Some(Delivery::new(
+            self.topic.clone(),
+            payload,
+            count,
+            Box::new(acker),
+        ))
     }
 
-    /// For a finite consumer with nothing buffered: whether the queue is drained (and no delayed
-    /// nack of ours is still on its way back).
-    async fn drained(&self, session: &Session) -> Result<bool, Failure> {
-        if self.delays.waiting(&self.shared).await {
-            return Ok(false);
+    /// Waits for a delivery from either feed (the backlog first: its messages are older).
+    async fn next_item(&mut self) -> Result<Option<(From, Item)>, Failure> {
+        let Some(s) = self.session.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(ready) = s.ready() {
+            return Ok(Some(ready));
         }
+        if self.finite {
+            return self.finite_wait().await;
+        }
+        let (backlog, group) = (&mut s.backlog, &mut s.group);
+        Ok(tokio::select! {
+            item = backlog.stream.next(), if !backlog.ended => Some((From::Backlog, item)),
+            item = group.stream.next(), if !group.ended => Some((From::Group, item)),
+            else => None,
+        })
+    }
+
+    /// For a finite consumer with nothing buffered: waits until a delivery comes, or returns `None`
+    /// once both queues are drained and no delayed nack of ours is still on its way back.
+    async fn finite_wait(&mut self) -> Result<Option<(From, Item)>, Failure> {
+        loop {
+            let waiting = self.delays.waiting(&self.shared).await;
+            let Some(s) = self.session.as_mut() else {
+                return Ok(None);
+            };
+            // On each feed's own channel: RabbitMQ writes any delivery it sent before the reply
+            // first, so after both replies the streams hold everything on its way.
+            let empty = s.group.is_empty().await? && s.backlog.is_empty().await?;
+            if let Some(ready) = s.ready() {
+                return Ok(Some(ready));
+            }
+            if empty && !waiting {
+                return Ok(None);
+            }
+            let (backlog, group) = (&mut s.backlog, &mut s.group);
+            let next = async {
+                tokio::select! {
+                    item = backlog.stream.next(), if !backlog.ended => Some((From::Backlog, item)),
+                    item = group.stream.next(), if !group.ended => Some((From::Group, item)),
+                    else => None,
+                }
+            };
+            if let Ok(item) = tokio::time::timeout(Duration::from_millis(250), next).await {
+                return Ok(item);
+            }
+        }
+    }
+}
+
+impl Session {
+    /// A delivery (or the end of a stream) already buffered, without waiting.
+    fn ready(&mut self) -> Option<(From, Item)> {
+        for (from, feed) in [
+            (From::Backlog, &mut self.backlog),
+            (From::Group, &mut self.group),
+        ] {
+            if feed.ended {
+                continue;
+            }
+            if let Some(item) = feed.stream.next().now_or_never() {
+                return Some((from, item));
+            }
+        }
+        None
+    }
+
+    fn feed(&mut self, from: From) -> &mut Feed {
+        match from {
+            From::Group => &mut self.group,
+            From::Backlog => &mut self.backlog,
+        }
+    }
+}
+
+impl Feed {
+    /// Whether the queue has no ready message.
+    async fn is_empty(&self) -> Result<bool, Failure> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        // On the consumer's own channel: RabbitMQ writes any delivery it sent before the reply
-        // first, so after the reply the stream holds everything on its way.
-        let queue = session
+        let queue = self
             .channel
             .queue_declare(&self.queue, passive, FieldTable::default())
             .await
             .map_err(|e| Failure::lapin(format!("count the messages of {:?}", self.queue), &e))?;
         Ok(queue.message_count() == 0)
+    }
+
+    async fn cancel(&self) -> lapin::Result<()> {
+        self.channel
+            .basic_cancel(&self.tag, BasicCancelOptions::default())
+            .await
+    }
+
+    /// Cancels the consumer and requeues what it fetched and never handed out; deliveries already
+    /// handed out stay valid.
+    fn stop_in_background(mut self) {
+        if !self.channel.status().connected() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if self.cancel().await.is_err() {
+                return;
+            }
+            while let Some(Some(Ok(d))) = self.stream.next().now_or_never() {
+                let _ = self.settle.send(Settle::Requeue(d.delivery_tag));
+            }
+        });
     }
 }
 
@@ -197,54 +310,38 @@ impl Consumer for AmqpConsumer {
                 }
                 self.reopen().await?;
             }
-            let Some(session) = self.session.as_mut() else {
-                continue;
-            };
-            let item = if self.finite {
-                match session.stream.next().now_or_never() {
-                    Some(item) => item,
-                    None => match self.finite_wait().await {
-                        Ok(Some(item)) => item,
-                        Ok(None) => return Ok(None),
-                        Err(f) => {
-                            tracing::warn!(queue = %self.queue, error = %f.error, "consumer channel lost; reopening");
-                            self.session = None;
-                            continue;
-                        }
-                    },
+            let lost = match self.next_item().await {
+                Ok(Some((from, Some(Ok(delivery))))) => match self.hand_out(from, delivery) {
+                    Some(delivery) => return Ok(Some(delivery)),
+                    None => continue,
+                },
+                Ok(Some((_, Some(Err(e))))) => e.to_string(),
+                Ok(Some((from, None))) if self.closed => {
+                    if let Some(s) = self.session.as_mut() {
+                        s.feed(from).ended = true;
+                    }
+                    continue;
                 }
-            } else {
-                session.stream.next().await
-            };
-            let Some(session) = self.session.as_ref() else {
-                continue;
-            };
-            match item {
-                Some(Ok(delivery)) => return Ok(Some(self.hand_out(session, delivery))),
-                Some(Err(e)) => {
-                    tracing::warn!(queue = %self.queue, error = %e, "consumer channel lost; reopening");
-                    self.session = None;
-                }
-                None if self.closed => {
-                    self.session = None;
+                Ok(Some((_, None))) => "RabbitMQ cancelled the consumer".to_owned(),
+                // Both streams ended after close (or a finite consumer is drained).
+                Ok(None) => {
+                    if self.closed {
+                        self.session = None;
+                    }
                     return Ok(None);
                 }
-                None => {
-                    tracing::warn!(queue = %self.queue, "RabbitMQ cancelled the consumer; reopening");
-                    self.session = None;
-                }
-            }
+                Err(f) => f.error.to_string(),
+            };
+            tracing::warn!(queue = %self.queue, reason = %lost, "consumer lost; reopening");
+            self.stop();
         }
     }
 
     async fn close(&mut self) -> Result<(), BusError> {
         self.closed = true;
-        if let Some(session) = &self.session {
-            if let Err(e) = session
-                .channel
-                .basic_cancel(&session.tag, BasicCancelOptions::default())
-                .await
-            {
+        if let Some(s) = &self.session {
+            let cancelled = futures::join!(s.group.cancel(), s.backlog.cancel());
+            if let (Err(e), _) | (_, Err(e)) = cancelled {
                 tracing::debug!(queue = %self.queue, error = %e, "cancelling a consumer whose channel is gone");
                 self.session = None;
             }
@@ -253,211 +350,18 @@ impl Consumer for AmqpConsumer {
     }
 }
 
-type Item = Option<lapin::Result<lapin::message::Delivery>>;
-
 impl AmqpConsumer {
-    /// Waits, for a finite consumer, until a delivery comes (`Some`) or the queue is drained (`None`).
-    async fn finite_wait(&mut self) -> Result<Option<Item>, Failure> {
-        loop {
-            let Some(session) = self.session.as_ref() else {
-                return Ok(Some(None));
-            };
-            let drained = self.drained(session).await?;
-            let Some(session) = self.session.as_mut() else {
-                return Ok(Some(None));
-            };
-            if let Some(item) = session.stream.next().now_or_never() {
-                return Ok(Some(item));
-            }
-            if drained {
-                return Ok(None);
-            }
-            if let Ok(item) =
-                tokio::time::timeout(Duration::from_millis(500), session.stream.next()).await
-            {
-                return Ok(Some(item));
-            }
+    /// Drops the session, stopping its feeds.
+    fn stop(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.group.stop_in_background();
+            s.backlog.stop_in_background();
         }
     }
 }
 
 impl Drop for AmqpConsumer {
-    /// Stops the consumer and hands back what it fetched and never handed out; deliveries already
-    /// handed out stay valid.
     fn drop(&mut self) {
-        let Some(mut session) = self.session.take() else {
-            return;
-        };
-        if !session.channel.status().connected() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            let cancel = session
-                .channel
-                .basic_cancel(&session.tag, BasicCancelOptions::default());
-            if cancel.await.is_err() {
-                return;
-            }
-            while let Some(Some(Ok(d))) = session.stream.next().now_or_never() {
-                let _ = session.settle.send(Settle::Requeue(d.delivery_tag));
-            }
-        });
-    }
-}
-
-/// How many times this delivery has been handed to its group, counting this time.
-fn delivery_count(d: &lapin::message::Delivery, queue_type: QueueType) -> u32 {
-    let headers = d.properties.headers().as_ref();
-    let carried = header_u32(headers, DELIVERIES_HEADER).unwrap_or(0);
-    let redelivered = u32::from(d.redelivered);
-    let returned = match queue_type {
-        QueueType::Quorum => header_u32(headers, QUORUM_COUNT_HEADER)
-            .unwrap_or(0)
-            .max(redelivered),
-        QueueType::Classic => redelivered,
-    };
-    carried.saturating_add(returned).saturating_add(1)
-}
-
-fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
-    let value = headers?.inner().get(name)?;
-    let n: i128 = match *value {
-        AMQPValue::ShortShortInt(n) => n.into(),
-        AMQPValue::ShortShortUInt(n) => n.into(),
-        AMQPValue::ShortInt(n) => n.into(),
-        AMQPValue::ShortUInt(n) => n.into(),
-        AMQPValue::LongInt(n) => n.into(),
-        AMQPValue::LongUInt(n) => n.into(),
-        AMQPValue::LongLongInt(n) => n.into(),
-        _ => return None,
-    };
-    Some(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
-}
-
-/// The delay queues a consumer nacked into, with when their last message is due back.
-#[derive(Default)]
-struct DelayTracker {
-    due: Mutex<HashMap<String, Instant>>,
-}
-
-impl DelayTracker {
-    fn track(&self, queue: String, due: Instant) {
-        let mut map = self.due.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(queue).or_insert(due);
-        *entry = (*entry).max(due);
-    }
-
-    /// Whether a message nacked with a delay may still be waiting in a delay queue.
-    async fn waiting(&self, shared: &Shared) -> bool {
-        let now = Instant::now();
-        let queues: Vec<(String, Instant)> = {
-            let map = self.due.lock().unwrap_or_else(|e| e.into_inner());
-            map.iter().map(|(q, due)| (q.clone(), *due)).collect()
-        };
-        if queues.iter().any(|(_, due)| *due > now) {
-            return true;
-        }
-        for (queue, _) in queues {
-            if shared.queue_has_messages(&queue).await {
-                return true;
-            }
-            self.due
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&queue);
-        }
-        false
-    }
-}
-
-/// Settles one delivery.
-struct AmqpAcker {
-    shared: Arc<Shared>,
-    /// The group's queue.
-    queue: String,
-    tag: u64,
-    settle: mpsc::UnboundedSender<Settle>,
-    payload: Bytes,
-    properties: BasicProperties,
-    count: u32,
-    delays: Arc<DelayTracker>,
-    settled: bool,
-}
-
-impl AmqpAcker {
-    async fn settle(
-        &mut self,
-        make: impl FnOnce(u64, settle::Done) -> Settle,
-    ) -> Result<(), BusError> {
-        self.settled = true;
-        let (done, result) = oneshot::channel();
-        let closed = || BusError::Closed(format!("the consumer of queue {:?}", self.queue));
-        self.settle
-            .send(make(self.tag, done))
-            .map_err(|_| closed())?;
-        result.await.map_err(|_| closed())?
-    }
-
-    /// The message's properties for a republished copy: its delivery count so far in our header,
-    /// without the quorum queue's own count (the copy is a new message to the queue).
-    fn republished_properties(&self) -> BasicProperties {
-        let mut headers = self.properties.headers().clone().unwrap_or_default();
-        let mut inner = headers.inner().clone();
-        inner.remove(QUORUM_COUNT_HEADER);
-        headers = FieldTable::from(inner);
-        headers.insert(
-            DELIVERIES_HEADER.into(),
-            AMQPValue::LongLongInt(self.count.into()),
-        );
-        self.properties.clone().with_headers(headers)
-    }
-}
-
-#[async_trait]
-impl Acker for AmqpAcker {
-    async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
-        self.settle(Settle::Ack).await
-    }
-
-    async fn nack(mut self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {
-        // A copy goes back (to the group's queue, or to a delay queue that returns it there later)
-        // carrying the delivery count; once RabbitMQ confirms it, the original is acked. Not a
-        // requeue, even on quorum queues: a finite consumer could not see a requeue in flight.
-        let publisher = &self.shared.publisher;
-        let props = self.republished_properties();
-        match delay.filter(|d| !d.is_zero()) {
-            None => {
-                publisher
-                    .send_to_queue(&self.queue, &self.payload, &props)
-                    .await?;
-            }
-            Some(delay) => {
-                let delay_ms = names::round_delay(delay);
-                let delay_queue = publisher.declare_delay_queue(&self.queue, delay_ms).await?;
-                publisher
-                    .send_to_queue(&delay_queue, &self.payload, &props)
-                    .await?;
-                let due = Instant::now() + Duration::from_millis(delay_ms.into());
-                self.delays.track(delay_queue, due);
-            }
-        }
-        self.settle(Settle::Ack).await
-    }
-
-    async fn in_progress(&self) -> Result<(), BusError> {
-        // RabbitMQ has no lease to extend: a delivery stays with its consumer while the channel lives.
-        Ok(())
-    }
-}
-
-impl Drop for AmqpAcker {
-    /// A delivery dropped unsettled goes back to its queue at once, like a crash.
-    fn drop(&mut self) {
-        if !self.settled {
-            let _ = self.settle.send(Settle::Requeue(self.tag));
-        }
+        self.stop();
     }
 }

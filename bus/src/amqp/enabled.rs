@@ -1,18 +1,24 @@
 //! The AMQP backend: connecting, sending, opening consumers (see the module docs for the mapping).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
+use tokio::sync::{mpsc, oneshot};
 
 use super::consume::AmqpConsumer;
 use super::link::Link;
 use super::options::AmqpOptions;
 use super::publish::Publisher;
+use super::settle::Settle;
 use crate::config::BusUrl;
 use crate::{Backend, BusError, Capabilities, Consumer, ConsumerOptions, Outgoing};
+
+/// How long closing the bus waits for acks to be written.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Takes the AMQP options from `url`, connects (publishing and consuming connections) and checks
 /// that the exchange can be declared.
@@ -20,8 +26,8 @@ pub(crate) async fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusErr
     let options = Arc::new(AmqpOptions::from_url(url)?);
     // Unknown options are reported before a connection is tried.
     url.finish()?;
-    let publish = Link::open(options.clone(), "publish").await?;
-    let consume = Link::open(options.clone(), "consume").await?;
+    let publish = Arc::new(Link::open(options.clone(), "publish").await?);
+    let consume = Arc::new(Link::open(options.clone(), "consume").await?);
     let publisher = Publisher::new(publish);
     publisher.open().await?;
     Ok(Arc::new(AmqpBackend {
@@ -29,6 +35,7 @@ pub(crate) async fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusErr
             options,
             publisher,
             consume,
+            settlers: Mutex::default(),
         }),
     }))
 }
@@ -37,10 +44,38 @@ pub(crate) async fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusErr
 pub(crate) struct Shared {
     pub(crate) options: Arc<AmqpOptions>,
     pub(crate) publisher: Publisher,
-    pub(crate) consume: Link,
+    pub(crate) consume: Arc<Link>,
+    /// The settlers of consumer channels, flushed before the bus closes.
+    settlers: Mutex<Vec<mpsc::WeakUnboundedSender<Settle>>>,
 }
 
 impl Shared {
+    /// Remembers a settler, to flush it before the bus closes.
+    pub(crate) fn track_settler(&self, settler: &mpsc::UnboundedSender<Settle>) {
+        let mut settlers = self.settlers.lock().unwrap_or_else(|e| e.into_inner());
+        settlers.retain(|s| s.strong_count() > 0);
+        settlers.push(settler.downgrade());
+    }
+
+    /// Waits (a few seconds at most) until every ack handed to a settler is written.
+    async fn flush_settlers(&self) {
+        let settlers: Vec<_> = {
+            let settlers = self.settlers.lock().unwrap_or_else(|e| e.into_inner());
+            settlers
+                .iter()
+                .filter_map(mpsc::WeakUnboundedSender::upgrade)
+                .collect()
+        };
+        let flushed = settlers.into_iter().filter_map(|settler| {
+            let (done, flushed) = oneshot::channel();
+            settler.send(Settle::Flush(done)).ok().map(|()| flushed)
+        });
+        let all = futures::future::join_all(flushed);
+        if tokio::time::timeout(FLUSH_TIMEOUT, all).await.is_err() {
+            tracing::warn!("acks not written within {FLUSH_TIMEOUT:?} of closing; RabbitMQ delivers those messages again");
+        }
+    }
+
     /// Whether `queue` exists and holds ready messages (asked on a throwaway channel, as a missing
     /// queue closes the channel that asked).
     pub(crate) async fn queue_has_messages(&self, queue: &str) -> bool {
@@ -126,6 +161,7 @@ impl Backend for AmqpBackend {
     }
 
     async fn close(&self) -> Result<(), BusError> {
+        self.shared.flush_settlers().await;
         self.shared.publisher.link().close().await;
         self.shared.consume.close().await;
         Ok(())

@@ -12,6 +12,7 @@
 //! | `queue_type` | `classic` | `classic` or `quorum`: the type of the queues this bus declares for groups |
 //! | `durable` | `true` | durable exchange and queues, persistent messages; `false` keeps them in memory only (faster, lost when RabbitMQ restarts; classic queues only) |
 //! | `prefetch` | the consumer's `max_in_flight` (256) | unacked deliveries RabbitMQ hands one consumer at once (1–65535) |
+//! | `queue_expires` | none | delete a group's queue once it has had no consumer for this long, such as `1h`: for short-lived groups like a `taskbus tail`; its messages go with it |
 //! | `heartbeat` | RabbitMQ's (60s) | AMQP heartbeat interval, such as `10s`; `0s` turns heartbeats off |
 //! | `connect_timeout` | `10s` | how long one connection attempt may take |
 //! | `reconnect_timeout` | `60s` | how long a send, ack or consumer waits for a lost connection to come back before it fails |
@@ -67,6 +68,8 @@ use std::sync::Arc;
 use crate::config::BusUrl;
 use crate::{Backend, BusError};
 
+#[cfg(feature = "amqp")]
+mod acker;
 #[cfg(feature = "amqp")]
 mod consume;
 #[cfg(feature = "amqp")]

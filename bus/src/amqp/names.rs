@@ -9,12 +9,17 @@ use std::time::Duration;
 /// RabbitMQ's limit on queue names, in bytes.
 const MAX_QUEUE_NAME: usize = 255;
 
+/// The alternate exchange of `exchange`: where messages no group's queue takes go.
+pub(crate) fn unrouted_exchange(exchange: &str) -> String {
+    format!("{exchange}:unrouted")
+}
+
 /// The queue of consumer group `group` on `topic`.
 pub(crate) fn group_queue(exchange: &str, topic: &str, group: &str) -> String {
     fit(format!("{exchange}:{topic}:{group}"))
 }
 
-/// The queue that keeps a topic's messages while no group's queue is bound to it.
+/// The queue that keeps a topic's messages sent while no group's queue was bound to it.
 pub(crate) fn backlog_queue(exchange: &str, topic: &str) -> String {
     fit(format!("{exchange}:{topic}:(backlog)"))
 }
@@ -66,6 +71,7 @@ mod tests {
         assert_eq!(group_queue("taskbus", "a.b", "c"), "taskbus:a.b:c");
         assert_ne!(group_queue("x", "a.b", "c"), group_queue("x", "a", "b.c"));
         assert_eq!(backlog_queue("taskbus", "hello"), "taskbus:hello:(backlog)");
+        assert_eq!(unrouted_exchange("taskbus"), "taskbus:unrouted");
         assert_eq!(delay_queue("taskbus:a:g", 1500), "taskbus:a:g:delay=1500ms");
     }
 

@@ -34,6 +34,7 @@ pub(crate) struct AmqpOptions {
     pub(crate) queue_type: QueueType,
     pub(crate) durable: bool,
     pub(crate) prefetch: Option<u16>,
+    pub(crate) queue_expires: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) reconnect_timeout: Duration,
 }
@@ -65,6 +66,12 @@ impl AmqpOptions {
                 )),
                 other => other,
             };
+        let queue_expires = url.take_duration("queue_expires")?;
+        if queue_expires.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err(url.error(
+                "option queue_expires is shorter than a second; RabbitMQ would delete queues at once",
+            ));
+        }
         let heartbeat = url.take_duration("heartbeat")?;
         let connect_timeout = url
             .take_duration("connect_timeout")?
@@ -91,6 +98,7 @@ impl AmqpOptions {
             queue_type,
             durable,
             prefetch,
+            queue_expires,
             connect_timeout,
             reconnect_timeout,
         })
@@ -154,7 +162,7 @@ mod tests {
     fn every_option() {
         let o = parse(
             "amqp://u:p@h:5673/jobs?exchange=ex.1&queue_type=quorum&durable=true&prefetch=32\
-             &heartbeat=10s&connect_timeout=2s&reconnect_timeout=5m",
+             &heartbeat=10s&connect_timeout=2s&reconnect_timeout=5m&queue_expires=1h",
         )
         .unwrap();
         assert_eq!(o.exchange, "ex.1");
@@ -165,6 +173,7 @@ mod tests {
         assert_eq!(o.uri.authority.port, 5673);
         assert_eq!(o.vhost(), "jobs");
         assert_eq!(o.reconnect_timeout, Duration::from_secs(300));
+        assert_eq!(o.queue_expires, Some(Duration::from_secs(3600)));
     }
 
     #[test]
@@ -177,5 +186,6 @@ mod tests {
         assert!(err("amqp://h/%2f?exchange=amq.topic").contains("reserved"));
         assert!(err("amqp://h/%2f?exchange=a:b").contains("':'"));
         assert!(err("amqp://h/%2f?exchnage=x").contains("did you mean exchange"));
+        assert!(err("amqp://h/%2f?queue_expires=10ms").contains("shorter than a second"));
     }
 }

@@ -1,6 +1,7 @@
 //! Publishing with confirms on one shared confirm-mode channel, reopened when lost.
 
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
@@ -10,43 +11,34 @@ use super::link::{with_retries, Failure, Link};
 use super::topology;
 use crate::BusError;
 
-/// Where a message goes.
-#[derive(Debug, Clone, Copy)]
-enum Route<'a> {
-    /// A topic of the bus's exchange.
-    Topic(&'a str),
-    /// One queue, through the default exchange.
-    Queue(&'a str),
-}
-
-/// What RabbitMQ did with a published message.
-enum Outcome {
-    Stored,
-    /// No queue took it (only for `mandatory` publishes, which all of ours are).
-    Returned,
-}
-
 /// The publishing side of the bus: concurrent calls share one channel, so each waits only for its
 /// own confirm and many are in flight at once.
 pub(crate) struct Publisher {
-    link: Link,
-    channel: Mutex<Option<Channel>>,
+    link: Arc<Link>,
+    state: Mutex<State>,
     /// Held while opening a channel, so one caller opens it and the others wait.
     opening: tokio::sync::Mutex<()>,
 }
 
+#[derive(Default)]
+struct State {
+    channel: Option<Channel>,
+    /// Topics whose backlog queue is declared (since the channel opened).
+    backlogs: HashSet<String>,
+}
+
 impl Publisher {
     /// A publisher on `link`; its channel opens on first use.
-    pub(crate) fn new(link: Link) -> Publisher {
+    pub(crate) fn new(link: Arc<Link>) -> Publisher {
         Publisher {
             link,
-            channel: Mutex::new(None),
+            state: Mutex::default(),
             opening: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The connection this publisher uses.
-    pub(crate) fn link(&self) -> &Link {
+    pub(crate) fn link(&self) -> &Arc<Link> {
         &self.link
     }
 
@@ -55,8 +47,8 @@ impl Publisher {
         self.channel().await.map(drop).map_err(|f| f.error)
     }
 
-    /// Publishes to `topic` and waits for the confirm. A message no group's queue takes is kept in
-    /// the topic's backlog queue (declared and bound on the way).
+    /// Publishes to `topic` and waits for the confirm. The topic's backlog queue is declared first
+    /// (once per channel), so a message no group's queue takes is kept there.
     pub(crate) async fn send(
         &self,
         topic: &str,
@@ -64,20 +56,24 @@ impl Publisher {
         props: &BasicProperties,
     ) -> Result<(), BusError> {
         let what = format!("publish to topic {topic:?}");
-        let outcome = with_retries(&self.link, &what, || {
-            self.publish(Route::Topic(topic), payload, props)
+        with_retries(&self.link, &what, || async {
+            let channel = self.channel().await?;
+            if !self.lock().backlogs.contains(topic) {
+                topology::declare_backlog(&channel, self.link.options(), topic)
+                    .await
+                    .inspect_err(|_| self.forget(&channel))?;
+                self.lock().backlogs.insert(topic.to_owned());
+            }
+            let exchange = self.link.options().exchange.as_str();
+            let options = BasicPublishOptions::default();
+            self.publish(&channel, exchange, topic, options, payload, props)
+                .await
+                .map(drop)
         })
-        .await?;
-        if let Outcome::Returned = outcome {
-            with_retries(&self.link, &what, || {
-                self.keep_in_backlog(topic, payload, props)
-            })
-            .await?;
-        }
-        Ok(())
+        .await
     }
 
-    /// Publishes straight to `queue` and waits for the confirm.
+    /// Publishes straight to `queue` and waits for the confirm; fails if the queue does not exist.
     pub(crate) async fn send_to_queue(
         &self,
         queue: &str,
@@ -85,13 +81,19 @@ impl Publisher {
         props: &BasicProperties,
     ) -> Result<(), BusError> {
         let what = format!("publish to queue {queue:?}");
-        match with_retries(&self.link, &what, || {
-            self.publish(Route::Queue(queue), payload, props)
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let routed = with_retries(&self.link, &what, || async {
+            let channel = self.channel().await?;
+            self.publish(&channel, "", queue, options, payload, props)
+                .await
         })
-        .await?
-        {
-            Outcome::Stored => Ok(()),
-            Outcome::Returned => Err(BusError::broker(what, "RabbitMQ has no such queue")),
+        .await?;
+        match routed {
+            true => Ok(()),
+            false => Err(BusError::broker(what, "RabbitMQ has no such queue")),
         }
     }
 
@@ -103,30 +105,33 @@ impl Publisher {
     ) -> Result<String, BusError> {
         with_retries(&self.link, "declare a delay queue", || async {
             let channel = self.channel().await?;
-            let declared =
-                topology::declare_delay_queue(&channel, self.link.options(), group_queue, delay_ms)
-                    .await;
-            declared.inspect_err(|_| self.forget(&channel))
+            let options = self.link.options();
+            topology::declare_delay_queue(&channel, options, group_queue, delay_ms)
+                .await
+                .inspect_err(|_| self.forget(&channel))
         })
         .await
     }
 
+    /// Publishes on `channel` and waits for the confirm; `Ok(false)` when a mandatory message was
+    /// returned unroutable.
     async fn publish(
         &self,
-        route: Route<'_>,
+        channel: &Channel,
+        exchange: &str,
+        key: &str,
+        options: BasicPublishOptions,
         payload: &[u8],
         props: &BasicProperties,
-    ) -> Result<Outcome, Failure> {
-        let channel = self.channel().await?;
-        let (exchange, key, what) = match route {
-            Route::Topic(topic) => (self.link.options().exchange.as_str(), topic, "topic"),
-            Route::Queue(queue) => ("", queue, "queue"),
+    ) -> Result<bool, Failure> {
+        let op = || {
+            let to = if exchange.is_empty() {
+                "queue"
+            } else {
+                "topic"
+            };
+            format!("publish to {to} {key:?}")
         };
-        let options = BasicPublishOptions {
-            mandatory: true,
-            immediate: false,
-        };
-        let op = || format!("publish to {what} {key:?}");
         let confirmed = async {
             let confirm = channel
                 .basic_publish(exchange, key, options, payload, props.clone())
@@ -134,40 +139,17 @@ impl Publisher {
             confirm.await
         };
         match confirmed.await {
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(Outcome::Stored),
-            Ok(Confirmation::Ack(Some(_))) => Ok(Outcome::Returned),
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(true),
+            Ok(Confirmation::Ack(Some(_))) => Ok(false),
             Ok(Confirmation::Nack(_)) => Err(Failure::fatal(BusError::broker(
                 op(),
                 "RabbitMQ refused to store the message (negative confirm): is a queue full \
                  (x-overflow=reject-publish) or is the broker short of disk or memory?",
             ))),
             Err(e) => {
-                self.forget(&channel);
+                self.forget(channel);
                 Err(Failure::lapin(op(), &e))
             }
-        }
-    }
-
-    async fn keep_in_backlog(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        props: &BasicProperties,
-    ) -> Result<Outcome, Failure> {
-        let channel = self.channel().await?;
-        let backlog = topology::declare_backlog(&channel, self.link.options(), topic)
-            .await
-            .inspect_err(|_| self.forget(&channel))?;
-        tracing::debug!(topic, backlog = %backlog, "no group's queue is bound to the topic; keeping the message in its backlog");
-        match self.publish(Route::Queue(&backlog), payload, props).await? {
-            Outcome::Stored => Ok(Outcome::Stored),
-            Outcome::Returned => Err(Failure {
-                error: BusError::broker(
-                    format!("publish to queue {backlog:?}"),
-                    "the queue vanished",
-                ),
-                retry: true,
-            }),
         }
     }
 
@@ -190,13 +172,17 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await;
         confirms.map_err(|e| Failure::lapin(op, &e))?;
-        topology::declare_exchange(&channel, self.link.options()).await?;
-        *self.lock() = Some(channel.clone());
+        topology::declare_exchanges(&channel, self.link.options()).await?;
+        *self.lock() = State {
+            channel: Some(channel.clone()),
+            backlogs: HashSet::new(),
+        };
         Ok(channel)
     }
 
     fn current(&self) -> Option<Channel> {
         self.lock()
+            .channel
             .as_ref()
             .filter(|c| c.status().connected())
             .cloned()
@@ -204,13 +190,17 @@ impl Publisher {
 
     /// Drops `channel` from the cache (if it is still the cached one) after it failed.
     fn forget(&self, channel: &Channel) {
-        let mut current = self.lock();
-        if current.as_ref().is_some_and(|c| c.id() == channel.id()) {
-            *current = None;
+        let mut state = self.lock();
+        if state
+            .channel
+            .as_ref()
+            .is_some_and(|c| c.id() == channel.id())
+        {
+            state.channel = None;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Channel>> {
-        self.channel.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -1,12 +1,13 @@
-//! Settling deliveries of one consumer channel: acks batched into multiple-acks, never acking a
+//! Settling the deliveries of one consumer channel: acks batched into multiple-acks, never acking a
 //! delivery before its caller did.
 //!
-//! A multiple-ack of delivery tag `T` acks every delivery of the channel up to `T`. Tags grow in the
-//! order deliveries are handed out, so one multiple-ack is safe exactly when every delivery handed out
-//! before `T` has been settled by its caller. The settler task keeps the set of deliveries handed out
-//! and not yet settled; each batch of acks becomes one multiple-ack for the acks below the oldest
-//! unsettled delivery, and single acks for the others. Batches form by themselves: whatever arrives
-//! while the previous batch is being written goes out together.
+//! A multiple-ack of delivery tag `T` acks every delivery of the channel up to `T`. RabbitMQ numbers
+//! the deliveries of a channel 1, 2, 3 … (one consumer per channel here), so the settler keeps the
+//! lowest tag not yet settled by its caller; every ack below it can go out as part of one
+//! multiple-ack, the others go out as single acks. Batches form by themselves: whatever arrives
+//! while the previous batch is being written goes out together. (Were tags ever not consecutive,
+//! the lowest unsettled tag would stop moving and every ack would go out single: slower, still
+//! correct.)
 
 use std::collections::BTreeSet;
 
@@ -14,20 +15,18 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::BusError;
-
-/// Where the caller of an ack or nack learns that it went out.
-pub(crate) type Done = oneshot::Sender<Result<(), BusError>>;
-
 /// A message to the settler of one channel.
 pub(crate) enum Settle {
-    /// A delivery was handed to a caller: no multiple-ack may cover it until it is settled.
-    Handed(u64),
     /// The caller acked it.
-    Ack(u64, Done),
+    Ack(u64),
     /// Hand it out again at once (a `basic.nack` with requeue): it was dropped unsettled.
     Requeue(u64),
+    /// Answer once everything sent before is written.
+    Flush(oneshot::Sender<()>),
 }
+
+/// The most messages taken into one batch.
+const MAX_BATCH: usize = 4096;
 
 /// Starts the settler of `channel`, whose deliveries come from `queue`. It ends, closing the
 /// channel, when every sender is gone: the consumer and every delivery it handed out.
@@ -37,14 +36,12 @@ pub(crate) fn spawn(channel: Channel, queue: String) -> mpsc::UnboundedSender<Se
     tx
 }
 
-/// The most messages taken into one batch.
-const MAX_BATCH: usize = 4096;
-
 async fn run(channel: Channel, queue: String, mut rx: mpsc::UnboundedReceiver<Settle>) {
     let mut settler = Settler {
         channel,
         queue,
-        handed: BTreeSet::new(),
+        lowest_unsettled: 1,
+        settled: BTreeSet::new(),
     };
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -65,27 +62,28 @@ async fn run(channel: Channel, queue: String, mut rx: mpsc::UnboundedReceiver<Se
 struct Settler {
     channel: Channel,
     queue: String,
-    /// Tags handed out and not settled yet.
-    handed: BTreeSet<u64>,
+    /// Every tag below this one was settled by its caller.
+    lowest_unsettled: u64,
+    /// Tags settled by their callers at or above `lowest_unsettled`.
+    settled: BTreeSet<u64>,
 }
 
 impl Settler {
     async fn flush(&mut self, batch: &mut Vec<Settle>) {
         let mut acks = Vec::new();
         let mut requeues = Vec::new();
+        let mut flushes = Vec::new();
         for settle in batch.drain(..) {
             match settle {
-                Settle::Handed(tag) => {
-                    self.handed.insert(tag);
-                }
-                Settle::Ack(tag, done) => {
-                    self.handed.remove(&tag);
-                    acks.push((tag, done));
+                Settle::Ack(tag) => {
+                    self.settled.insert(tag);
+                    acks.push(tag);
                 }
                 Settle::Requeue(tag) => {
-                    self.handed.remove(&tag);
+                    self.settled.insert(tag);
                     requeues.push(tag);
                 }
+                Settle::Flush(done) => flushes.push(done),
             }
         }
         for tag in requeues {
@@ -93,46 +91,37 @@ impl Settler {
                 multiple: false,
                 requeue: true,
             };
-            if let Err(e) = self.channel.basic_nack(tag, options).await {
-                tracing::debug!(queue = %self.queue, error = %e,
-                    "requeueing a dropped delivery; its channel is gone, which requeued it");
-            }
+            let sent = self.channel.basic_nack(tag, options).await;
+            self.report(sent, "requeue");
         }
-        if acks.is_empty() {
-            return;
+        while self.settled.remove(&self.lowest_unsettled) {
+            self.lowest_unsettled += 1;
         }
-        acks.sort_unstable_by_key(|(tag, _)| *tag);
-        let oldest_unsettled = self.handed.first().copied().unwrap_or(u64::MAX);
-        let split = acks.partition_point(|(tag, _)| *tag < oldest_unsettled);
-        let singles = acks.split_off(split);
-        if let Some((last, _)) = acks.last() {
+        acks.sort_unstable();
+        let covered = acks.partition_point(|tag| *tag < self.lowest_unsettled);
+        if covered > 0 {
             let options = BasicAckOptions {
-                multiple: acks.len() > 1,
+                multiple: covered > 1,
             };
-            let sent = self.channel.basic_ack(*last, options).await;
-            self.report(&sent, "ack", acks.into_iter().map(|(_, done)| done));
+            let sent = self.channel.basic_ack(acks[covered - 1], options).await;
+            self.report(sent, "ack");
         }
-        for (tag, done) in singles {
+        for tag in &acks[covered..] {
             let sent = self
                 .channel
-                .basic_ack(tag, BasicAckOptions::default())
+                .basic_ack(*tag, BasicAckOptions::default())
                 .await;
-            self.report(&sent, "ack", std::iter::once(done));
+            self.report(sent, "ack");
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 
-    fn report(&self, sent: &lapin::Result<()>, what: &str, dones: impl Iterator<Item = Done>) {
-        for done in dones {
-            let result = match sent {
-                Ok(()) => Ok(()),
-                Err(e) => Err(BusError::broker(
-                    format!("{what} of a delivery from queue {:?}", self.queue),
-                    format!(
-                        "{e}; its channel to RabbitMQ is gone, so RabbitMQ delivers the message again"
-                    ),
-                )),
-            };
-            let _ = done.send(result);
+    fn report(&self, sent: lapin::Result<()>, what: &str) {
+        if let Err(e) = sent {
+            tracing::debug!(queue = %self.queue, error = %e,
+                "cannot {what} a delivery: its channel is gone, so RabbitMQ delivers it again");
         }
     }
 }

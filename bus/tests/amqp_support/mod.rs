@@ -1,4 +1,4 @@
-//! Shared by the AMQP test binaries (each includes it with `#[path]`): the RabbitMQ under test, and a
+//! Shared by the AMQP test binaries (`mod amqp_support;`): the RabbitMQ under test, and a
 //! conformance harness for it. Tests fail, never skip, when RabbitMQ cannot be reached.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a part
 
@@ -26,9 +26,17 @@ pub fn url_with(options: &str) -> String {
     }
 }
 
-/// A connection to the RabbitMQ under test, with `options`; panics saying how to start one.
+/// A connection to the RabbitMQ under test, with `options`; panics saying how to start one. The
+/// groups' queues it declares delete themselves 15 minutes after their last consumer left (unless
+/// `options` say otherwise), so test runs do not pile up queues in RabbitMQ.
 pub async fn connect(options: &str) -> Bus {
-    let url = url_with(options);
+    let url = if options.contains("queue_expires=") {
+        url_with(options)
+    } else if options.is_empty() {
+        url_with("queue_expires=15m")
+    } else {
+        url_with(&format!("{options}&queue_expires=15m"))
+    };
     Bus::connect(&url).await.unwrap_or_else(|e| {
         panic!(
             "cannot connect to RabbitMQ for the AMQP tests: {e}\nstart one with \
