@@ -266,7 +266,7 @@ fn check_graph_and_status_through_the_binary() {
     let workflow = s.diamond();
     let flow = |extra: &[&str]| {
         let mut args = s.flow_args(&workflow);
-        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         s.run_cmd(&args)
     };

@@ -135,8 +135,12 @@ fn workers(
     topics
         .iter()
         .map(|topic| {
-            let (bus, topic, log, decide) =
-                (bus.clone(), topic.to_string(), log.clone(), decide.clone());
+            let (bus, topic, log, decide) = (
+                bus.clone(),
+                (*topic).to_owned(),
+                log.clone(),
+                decide.clone(),
+            );
             let clock = clock.clone();
             tokio::spawn(async move {
                 let mut sub = bus.subscribe(&topic, "workers").await.unwrap();

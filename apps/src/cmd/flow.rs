@@ -384,7 +384,7 @@ fn show_status(
             }
         }
         None => {
-            runs.sort_by(|a, b| b.updated.cmp(&a.updated));
+            runs.sort_by_key(|r| std::cmp::Reverse(r.updated));
             runs.truncate(limit);
             if json {
                 let all: Vec<serde_json::Value> = runs.iter().map(status::to_json).collect();

@@ -713,7 +713,7 @@ impl Engine {
             Some(TaskResult::Alert) => {
                 self.emit(&mut out, &target.key, done_record(&name, done, now));
                 let reason = format!("alert: {}", done.msg);
-                self.fail(&mut out, &target.key, &name, done, reason, now);
+                self.fail(&mut out, &target.key, &name, done, &reason, now);
             }
             Some(TaskResult::Error) => {
                 self.emit(&mut out, &target.key, done_record(&name, done, now));
@@ -954,9 +954,9 @@ impl Engine {
                 } else {
                     format!("{reason}: {}", done.msg)
                 };
-                self.fail(out, key, &name, &task, reason, now);
+                self.fail(out, key, &name, &task, &reason, now);
             }
-            Decision::Ignore(reason) => self.fail(out, key, &name, done, reason, now),
+            Decision::Ignore(reason) => self.fail(out, key, &name, done, &reason, now),
         }
     }
 
@@ -966,7 +966,7 @@ impl Engine {
         key: &RunKey,
         phase: &str,
         task: &Task,
-        reason: String,
+        reason: &str,
         now: DateTime<Utc>,
     ) {
         tracing::warn!(run = %key, %phase, %reason, "phase failed for good; its descendants will not start");
@@ -976,7 +976,7 @@ impl Engine {
             Record::Fail {
                 at: now,
                 phase: phase.to_owned(),
-                reason: reason.clone(),
+                reason: reason.to_owned(),
             },
         );
         let Some(topic) = self.failed_topic.clone() else {
@@ -986,7 +986,7 @@ impl Engine {
             return;
         };
         let mut notice = task.clone();
-        notice.meta.set(crate::retry::FAILED_REASON, &reason);
+        notice.meta.set(crate::retry::FAILED_REASON, reason);
         let record = Record::Queue {
             at: now,
             n: run.next_n,

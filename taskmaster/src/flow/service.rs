@@ -354,7 +354,7 @@ impl FlowService {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(run = %key, path = %file.path.display(), error = %e, "cannot restore the run")
+                    tracing::warn!(run = %key, path = %file.path.display(), error = %e, "cannot restore the run");
                 }
             }
         }
@@ -379,7 +379,7 @@ impl FlowService {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(path = %file.path.display(), error = %e, "cannot restore the run")
+                    tracing::warn!(path = %file.path.display(), error = %e, "cannot restore the run");
                 }
             }
         }
