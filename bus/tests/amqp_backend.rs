@@ -63,7 +63,7 @@ async fn an_unknown_option_fails_before_connecting() {
     let err = Bus::connect("amqp://guest:guest@127.0.0.1:1/%2f?exchnage=x").await;
     match err {
         Err(BusError::Url { reason, .. }) => {
-            assert!(reason.contains("did you mean exchange"), "{reason}")
+            assert!(reason.contains("did you mean exchange"), "{reason}");
         }
         other => panic!("expected an error about the option, got {other:?}"),
     }

@@ -97,31 +97,37 @@ impl Harness for AmqpHarness {
     }
 }
 
-/// Stops and starts the RabbitMQ application (`rabbitmqctl stop_app`, `start_app`; the command is
-/// `TASKBUS_TEST_AMQP_RABBITMQCTL` when set, for a broker elsewhere), then waits until it accepts
-/// connections again.
-pub async fn restart_rabbitmq() -> Result<(), String> {
+/// Runs `rabbitmqctl ARGS` (the command is `TASKBUS_TEST_AMQP_RABBITMQCTL` when set, for a broker
+/// elsewhere, such as `docker exec rabbit rabbitmqctl`).
+pub async fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
     let ctl =
         std::env::var("TASKBUS_TEST_AMQP_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".to_owned());
-    for step in ["stop_app", "start_app"] {
-        let mut words = ctl.split_whitespace();
-        let program = words
-            .next()
-            .ok_or("TASKBUS_TEST_AMQP_RABBITMQCTL is empty")?;
-        let output = tokio::process::Command::new(program)
-            .args(words)
-            .arg(step)
-            .output()
-            .await
-            .map_err(|e| format!("cannot run {ctl} {step}: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "{ctl} {step} failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
+    let mut words = ctl.split_whitespace();
+    let program = words
+        .next()
+        .ok_or("TASKBUS_TEST_AMQP_RABBITMQCTL is empty")?;
+    let output = tokio::process::Command::new(program)
+        .args(words)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {ctl} {args:?}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{ctl} {args:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
     }
+}
+
+/// Stops and starts the RabbitMQ application (`rabbitmqctl stop_app`, `start_app`), then waits until
+/// it accepts connections again.
+pub async fn restart_rabbitmq() -> Result<(), String> {
+    rabbitmqctl(&["stop_app"]).await?;
+    rabbitmqctl(&["start_app"]).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         match Bus::connect(&base_url()).await {
