@@ -277,6 +277,37 @@ impl Backend for Stall {
     }
 }
 
+/// A bus whose sends take a millisecond after the broker has the message (a confirm on its way
+/// back): a kill then often lands between the broker taking a task and the app recording it.
+struct SlowConfirm {
+    inner: Arc<dyn Backend>,
+}
+
+#[async_trait]
+impl Backend for SlowConfirm {
+    fn name(&self) -> &'static str {
+        "slow-confirm"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn send(&self, topic: &str, message: Outgoing) -> Result<(), BusError> {
+        self.inner.send(topic, message).await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok(())
+    }
+    async fn consumer(
+        &self,
+        topic: &str,
+        options: &ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        self.inner.consumer(topic, options).await
+    }
+    async fn close(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
 async fn crash_in_a_send(after: bool) {
     let (bus, url) = mem_bus("flow-crash").await;
     let s = Setup::new(DIAMOND);
@@ -481,6 +512,132 @@ async fn a_bad_reload_keeps_the_last_good_workflow_and_a_good_one_is_used() {
         "{:?}",
         s.outcome(&key)
     );
+
+    // The file removed: runs it does not know start nothing; back, it works again.
+    std::fs::remove_file(&file).unwrap();
+    s.clock.advance(Duration::from_secs(6));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    start_run(&bus, "run-3").await;
+    wait_for("run-3's root", || log.tasks().len() == 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log.tasks().len(),
+        10,
+        "no child of a run of a removed workflow"
+    );
+    write(&file, DIAMOND);
+    s.clock.advance(Duration::from_secs(6));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let key4 = start_run(&bus, "run-4").await;
+    wait_for("run-4 to complete", || {
+        s.outcome(&key4) == Some(RunOutcome::Completed)
+    })
+    .await;
+    assert_eq!(log.tasks().len(), 14);
     stop.cancel();
     handle.await.unwrap();
+}
+
+/// A layered workflow with fan-out and fan-in everywhere.
+fn layered(width: usize, layers: usize) -> String {
+    let mut s =
+        String::from("[[phase]]\nname = \"root\"\ntask = \"w\"\nrule = { manual = true }\n");
+    for l in 0..layers {
+        for k in 0..width {
+            let parents: Vec<String> = if l == 0 {
+                vec!["\"root\"".into()]
+            } else {
+                vec![
+                    format!("\"p{}_{k}\"", l - 1),
+                    format!("\"p{}_{}\"", l - 1, (k + 1) % width),
+                ]
+            };
+            s.push_str(&format!(
+                "[[phase]]\nname = \"p{l}_{k}\"\ntask = \"w\"\ndepends_on = [{}]\n",
+                parents.join(", ")
+            ));
+        }
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_again_and_again_at_random_moments_every_phase_still_runs_once() {
+    const PHASES: usize = 1 + 4 * 10;
+    let (bus, url) = mem_bus("flow-chaos").await;
+    let slow = Bus::from_backend(
+        Arc::new(SlowConfirm {
+            inner: bus.backend().clone(),
+        }),
+        BusOptions::default(),
+        &url,
+    );
+    let s = Setup::new(&layered(4, 10));
+    let log = Log::default();
+    // A worker taking 2 ms a task, so the app is killed many times during the run.
+    let worker = {
+        let (bus, log) = (bus.clone(), log.clone());
+        tokio::spawn(async move {
+            let mut sub = bus.subscribe("w", "workers").await.unwrap();
+            while let Ok(Some(r)) = sub.next().await {
+                log.0.lock().unwrap().push(r.task.clone());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let mut done = r.task.clone();
+                done.end(TaskResult::Complete, "ok");
+                bus.send("done", &done).await.unwrap();
+                r.ack().await.unwrap();
+            }
+        })
+    };
+    let scheduled = utc("2024-01-02T00:00:00Z");
+    let set = WorkflowSet::load(&s.workflows()).unwrap();
+    let w = set.get("w.toml").unwrap().clone();
+    let info = RunInfo {
+        run: "chaos",
+        scheduled,
+    };
+    let root = w
+        .build_task(0, &info, scheduled, &w.template_meta(0, &info, &[]))
+        .unwrap();
+    bus.send("w", &root).await.unwrap();
+    let key = RunKey {
+        workflow: "w.toml".into(),
+        run: "chaos".into(),
+    };
+    let mut kills = 0;
+    let start = Instant::now();
+    // Pseudo-random but repeatable moments (xorshift).
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    while log.runs_per_phase().len() < PHASES {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no progress: {:?}",
+            log.runs_per_phase()
+        );
+        let (_, handle) = s.start(slow.clone());
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_micros(200 + seed % 6_000)).await;
+        handle.abort();
+        let _ = handle.await;
+        kills += 1;
+    }
+    let (stop, handle) = s.start(bus.clone());
+    wait_for("the run to complete", || {
+        s.outcome(&key) == Some(RunOutcome::Completed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counts = log.runs_per_phase();
+    assert_eq!(counts.len(), PHASES, "{counts:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "each phase once after {kills} kills: {counts:?}"
+    );
+    assert!(kills > 5, "the app was killed {kills} times");
+    println!("the app was killed {kills} times during the run");
+    stop.cancel();
+    handle.await.unwrap();
+    worker.abort();
 }

@@ -16,6 +16,9 @@ use super::config::checksum;
 use super::rules::{Record, RunKey};
 use crate::TaskmasterError;
 
+/// At most this many journal files are kept open.
+const MAX_OPEN: usize = 256;
+
 /// The journals of one state directory, locked for writing.
 #[derive(Debug)]
 pub struct Journal {
@@ -131,6 +134,10 @@ impl Journal {
 
     fn file(&mut self, key: &RunKey, path: &Path) -> Result<&mut File, TaskmasterError> {
         if !self.open.contains_key(key) {
+            if self.open.len() >= MAX_OPEN {
+                // Many runs at once: keep file descriptors bounded; files are opened again as needed.
+                self.open.clear();
+            }
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| TaskmasterError::state("cannot create", parent, e))?;

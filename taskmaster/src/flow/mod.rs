@@ -81,10 +81,13 @@
 //! drops such a resend by itself.
 //!
 //! Limits, in words:
-//! - One app per state directory (a lock says so); replicas for failover need the same directory.
+//! - One app per state directory: a second one refuses to start (a lock says so). For failover,
+//!   start the next one on the same directory once the first is gone.
 //! - The search reads the whole topic (cost grows with it), and leaves its small group behind.
 //! - A run follows the current version of its workflow: a reload changes in-flight runs too; a
 //!   phase removed from the file is no longer tracked (its tasks in the outbox are still sent).
+//!   A workflow file removed starts no new run, while its runs in flight go on until the app
+//!   restarts; after a restart, done tasks of workflows not loaded are acked and ignored (logged).
 //! - With `fsync = false` (the default) a machine crash can lose the last journal writes: then a
 //!   done task acked just before is lost with them (the run waits); a process crash loses nothing.
 //! - Journals of runs untouched for `--keep` (7 days) are deleted; a done task of a forgotten run is

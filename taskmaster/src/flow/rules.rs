@@ -506,6 +506,8 @@ pub struct Engine {
     failed_topic: Option<String>,
     /// Runs changed since [`Engine::take_changed`].
     changed: HashSet<RunKey>,
+    /// Workflows whose file is gone: their runs go on, no new run starts.
+    retired: HashSet<String>,
 }
 
 impl Engine {
@@ -522,6 +524,7 @@ impl Engine {
             runs: HashMap::new(),
             failed_topic,
             changed: HashSet::new(),
+            retired: HashSet::new(),
         }
     }
 
@@ -539,14 +542,17 @@ impl Engine {
     /// to follow the new version.
     pub fn set_workflow(&mut self, workflow: Arc<Workflow>) -> Vec<RunKey> {
         let name = workflow.name().to_owned();
+        self.retired.remove(&name);
         self.workflows.insert(name.clone(), workflow);
         self.drop_runs_of(&name)
     }
 
-    /// Removes a workflow and its runs from memory; returns the runs dropped.
-    pub fn remove_workflow(&mut self, name: &str) -> Vec<RunKey> {
-        self.workflows.remove(name);
-        self.drop_runs_of(name)
+    /// Retires a workflow whose file is gone: no new run starts from it, while its runs already
+    /// started go on (until the app restarts without it). [`Engine::set_workflow`] brings it back.
+    pub fn retire_workflow(&mut self, name: &str) {
+        if self.workflows.contains_key(name) {
+            self.retired.insert(name.to_owned());
+        }
     }
 
     fn drop_runs_of(&mut self, name: &str) -> Vec<RunKey> {
@@ -645,6 +651,7 @@ impl Engine {
         let targets: Vec<Target> = self
             .workflows
             .values()
+            .filter(|w| !self.retired.contains(w.name()))
             .flat_map(|w| {
                 w.find_task(&done.kind, &done.job)
                     .filter(|i| w.phase(*i).is_root())
@@ -674,6 +681,10 @@ impl Engine {
             return out;
         };
         if !self.runs.contains_key(&target.key) {
+            if self.retired.contains(&target.key.workflow) {
+                tracing::warn!(run = %target.key, "the workflow's file is gone: a task of a run it does not know starts nothing");
+                return out;
+            }
             let (scheduled, time) = adopted_times(&w, target.phase, done, now);
             self.emit(
                 &mut out,
@@ -736,6 +747,9 @@ impl Engine {
         let Some(w) = self.workflows.get(workflow).cloned() else {
             return out;
         };
+        if self.retired.contains(workflow) {
+            return out;
+        }
         let key = self.tick_key(&w, tick);
         if !self.runs.contains_key(&key) {
             let start = Record::Start {

@@ -440,9 +440,10 @@ impl FlowService {
                 if kept { "; the last good version stays in use" } else { "" });
         }
         for name in &report.removed {
-            let dropped = self.engine.remove_workflow(name);
+            self.engine.retire_workflow(name);
             self.ticks.remove_workflow(name);
-            tracing::warn!(workflow = %name, runs = dropped.len(), "workflow file removed; its runs wait in their journals until it is back");
+            tracing::warn!(workflow = %name,
+                "workflow file removed: no new run starts from it; its runs in flight go on until the app restarts");
         }
         for w in report.changed {
             tracing::info!(workflow = %w.name(), phases = w.phases().len(), "workflow (re)loaded");
