@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `TASKBUS_BENCH_TASKS` (default 20000) tasks per run, `TASKBUS_BENCH_RUNS` (default 3) runs each,
-//! `TASKBUS_BENCH_IN_FLIGHT` (default 64) tasks in flight, `TASKBUS_BENCH_QUEUE` (default `classic`;
+//! `TASKBUS_BENCH_IN_FLIGHT` (default 64) tasks in flight, `TASKBUS_BENCH_DONE_GROUP` (set: a group
+//! reads the done topic, so done tasks route to its queue rather than to the topic's backlog), `TASKBUS_BENCH_QUEUE` (default `classic`;
 //! or `quorum`) the queue type of both loops.
 #![cfg(feature = "amqp")]
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
@@ -57,6 +58,18 @@ async fn taskbus_loop(bus: &Bus, n: usize, in_flight: usize) -> (Duration, Vec<S
     let mut sub = bus.subscribe_with(&topic, options.clone()).await.unwrap();
     sub.close().await.unwrap();
     drop(sub);
+    let mut queues = vec![
+        format!("taskbus:{topic}:{group}"),
+        format!("taskbus:{topic}:(backlog)"),
+        format!("taskbus:{done_topic}:(backlog)"),
+    ];
+    if std::env::var("TASKBUS_BENCH_DONE_GROUP").is_ok() {
+        // A group reads the done topic, as a taskmaster would: done tasks route straight to it.
+        let done_group = unique("bench-done-readers");
+        let mut done_sub = bus.subscribe(&done_topic, &done_group).await.unwrap();
+        done_sub.close().await.unwrap();
+        queues.push(format!("taskbus:{done_topic}:{done_group}"));
+    }
     bus.send_all(&topic, &tasks(n), 1024).await.unwrap();
 
     let started = Instant::now();
@@ -83,10 +96,6 @@ async fn taskbus_loop(bus: &Bus, n: usize, in_flight: usize) -> (Duration, Vec<S
     let elapsed = started.elapsed();
     eprintln!("  taskbus {}", cpu.per_task(n));
     sub.close().await.unwrap();
-    let queues = vec![
-        format!("taskbus:{topic}:{group}"),
-        format!("taskbus:{done_topic}:(backlog)"),
-    ];
     (elapsed, queues)
 }
 

@@ -22,7 +22,7 @@ pub(crate) struct Publisher {
 
 #[derive(Default)]
 struct State {
-    channel: Option<Channel>,
+    channel: Option<Arc<Channel>>,
     /// Topics whose backlog queue is declared (since the channel opened).
     backlogs: HashSet<String>,
 }
@@ -154,7 +154,7 @@ impl Publisher {
     }
 
     /// The open channel, opening one (on a connection that reconnects) when there is none.
-    async fn channel(&self) -> Result<Channel, Failure> {
+    async fn channel(&self) -> Result<Arc<Channel>, Failure> {
         if let Some(channel) = self.current() {
             return Ok(channel);
         }
@@ -173,6 +173,7 @@ impl Publisher {
             .await;
         confirms.map_err(|e| Failure::lapin(op, &e))?;
         topology::declare_exchanges(&channel, self.link.options()).await?;
+        let channel = Arc::new(channel);
         *self.lock() = State {
             channel: Some(channel.clone()),
             backlogs: HashSet::new(),
@@ -180,7 +181,7 @@ impl Publisher {
         Ok(channel)
     }
 
-    fn current(&self) -> Option<Channel> {
+    fn current(&self) -> Option<Arc<Channel>> {
         self.lock()
             .channel
             .as_ref()
