@@ -37,8 +37,9 @@ configure_loopback() {
 }
 
 if ! command -v rabbitmq-server >/dev/null 2>&1; then
+  # Installing starts nothing here; the configuration is written after, so dpkg never meets a
+  # changed configuration file of its package.
   echo "amqp: installing rabbitmq-server with apt-get"
-  configure_loopback
   apt_install rabbitmq-server
 fi
 configure_loopback
