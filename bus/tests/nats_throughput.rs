@@ -8,20 +8,19 @@
 //! ```
 //!
 //! `TASKBUS_BENCH_TASKS` (default 20000) tasks per run, `TASKBUS_BENCH_RUNS` (default 3) runs each,
-//! `TASKBUS_BENCH_IN_FLIGHT` (default 64) tasks in flight.
+//! `TASKBUS_BENCH_IN_FLIGHT` (default 64) tasks in flight, `TASKBUS_BENCH_STORAGE` (default
+//! `file,memory`) the storages to measure.
 #![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)]
 
 mod nats_support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use futures::StreamExt;
 use nats_support::{base_url, connect, run_prefix, test_url, unique};
 use taskbus_bus::{Bus, ConsumerOptions, Task, TaskResult};
-use tokio::sync::Semaphore;
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -47,33 +46,34 @@ async fn prefill(bus: &Bus, n: usize) -> (String, Duration) {
     (topic, started.elapsed())
 }
 
-/// The taskbus loop: a subscription, `in_flight` tasks at once, done task confirmed before each ack.
+/// The taskbus loop: a subscription, `in_flight` tasks at once, each done task confirmed before
+/// its input is acked. The same shape as the raw loop below.
 async fn taskbus_loop(bus: &Bus, topic: &str, n: usize, in_flight: usize) -> Duration {
     let done_topic = unique("bench-done");
     let started = Instant::now();
     let options = ConsumerOptions::group("bench").max_in_flight(in_flight);
-    let mut sub = bus.subscribe_with(topic, options).await.unwrap();
-    let permits = Arc::new(Semaphore::new(in_flight));
-    let mut handles = Vec::with_capacity(n);
-    for _ in 0..n {
-        let permit = permits.clone().acquire_owned().await.unwrap();
-        let received = sub.next().await.unwrap().expect("a task");
-        let (bus, done_topic) = (bus.clone(), done_topic.clone());
-        handles.push(tokio::spawn(async move {
-            let mut done = received.task.clone();
-            done.start();
-            done.end(TaskResult::Complete, "ok");
-            bus.send(&done_topic, &done).await.unwrap();
-            received.ack().await.unwrap();
-            drop(permit);
-        }));
-    }
-    for h in handles {
-        h.await.unwrap();
-    }
-    let elapsed = started.elapsed();
-    sub.close().await.unwrap();
-    elapsed
+    let sub = bus.subscribe_with(topic, options).await.unwrap();
+    let received = futures::stream::unfold(sub, |mut sub| async move {
+        let next = sub.next().await.unwrap().expect("a task");
+        Some((next, sub))
+    });
+    let processed = received
+        .take(n)
+        .map(|received| {
+            let (bus, done_topic) = (bus, &done_topic);
+            async move {
+                let mut done = received.task.clone();
+                done.start();
+                done.end(TaskResult::Complete, "ok");
+                bus.send(done_topic, &done).await.unwrap();
+                received.ack().await.unwrap();
+            }
+        })
+        .buffer_unordered(in_flight)
+        .count()
+        .await;
+    assert_eq!(processed, n);
+    started.elapsed()
 }
 
 /// The same loop on raw async-nats: a durable pull consumer's message stream, a JetStream publish
@@ -132,6 +132,72 @@ async fn raw_loop(bus: &Bus, url: &str, topic: &str, n: usize, in_flight: usize)
     started.elapsed()
 }
 
+/// CPU time (user + system) used so far by the processes `pids`, from /proc, in seconds.
+fn cpu_seconds(pids: &[String]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+            let fields: Vec<u64> = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            Some(fields.iter().sum::<u64>())
+        })
+        .sum();
+    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// The pids of the nats-server processes on this machine.
+fn nats_server_pids() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "nats-server")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `f`, returning its wall time and the CPU seconds this process and nats-server spent.
+async fn measured<F: std::future::Future<Output = Duration>>(f: F) -> (Duration, f64, f64) {
+    let (me, server) = (vec!["self".to_owned()], nats_server_pids());
+    let (me0, server0) = (cpu_seconds(&me), cpu_seconds(&server));
+    let wall = f.await;
+    (wall, cpu_seconds(&me) - me0, cpu_seconds(&server) - server0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    storage: &str,
+    run: usize,
+    who: &str,
+    n: usize,
+    wall: Duration,
+    me: f64,
+    server: f64,
+    rates: &mut Vec<f64>,
+    cpus: &mut Vec<f64>,
+) {
+    let rate = n as f64 / wall.as_secs_f64();
+    let per_task = (me + server) / n as f64 * 1e6;
+    eprintln!(
+        "{storage} run {run}: {who:8} {n} tasks in {wall:.2?}: {rate:.0} tasks/s; CPU {me:.2}s client \
+         + {server:.2}s nats-server = {per_task:.1} µs/task"
+    );
+    rates.push(rate);
+    cpus.push(per_task);
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -143,28 +209,49 @@ async fn pipeline_throughput_taskbus_and_raw_async_nats() {
     let n = env_number("TASKBUS_BENCH_TASKS", 20_000);
     let runs = env_number("TASKBUS_BENCH_RUNS", 3);
     let in_flight = env_number("TASKBUS_BENCH_IN_FLIGHT", 64);
-    for storage in ["file", "memory"] {
+    let storages = std::env::var("TASKBUS_BENCH_STORAGE").unwrap_or_else(|_| "file,memory".into());
+    for storage in storages.split(',') {
         let url = test_url(&base_url(), &format!("storage={storage}&ack_wait=30s"));
         let bus = connect(&url).await;
-        let (mut ours, mut raw, mut sends) = (Vec::new(), Vec::new(), Vec::new());
+        let mut sends = Vec::new();
+        let (mut ours, mut ours_cpu, mut raw, mut raw_cpu) = (vec![], vec![], vec![], vec![]);
         for run in 1..=runs {
             let (topic, t) = prefill(&bus, n).await;
             sends.push(n as f64 / t.as_secs_f64());
-            let t = taskbus_loop(&bus, &topic, n, in_flight).await;
-            let rate = n as f64 / t.as_secs_f64();
-            eprintln!("{storage} run {run}: taskbus  {n} tasks in {t:.2?}: {rate:.0} tasks/s");
-            ours.push(rate);
+            let (t, me, server) = measured(taskbus_loop(&bus, &topic, n, in_flight)).await;
+            report(
+                storage,
+                run,
+                "taskbus",
+                n,
+                t,
+                me,
+                server,
+                &mut ours,
+                &mut ours_cpu,
+            );
             let (topic, _) = prefill(&bus, n).await;
-            let t = raw_loop(&bus, &url, &topic, n, in_flight).await;
-            let rate = n as f64 / t.as_secs_f64();
-            eprintln!("{storage} run {run}: raw      {n} tasks in {t:.2?}: {rate:.0} tasks/s");
-            raw.push(rate);
+            let (t, me, server) = measured(raw_loop(&bus, &url, &topic, n, in_flight)).await;
+            report(
+                storage,
+                run,
+                "raw",
+                n,
+                t,
+                me,
+                server,
+                &mut raw,
+                &mut raw_cpu,
+            );
         }
         eprintln!(
-            "{storage} storage, median of {runs}: taskbus {:.0} tasks/s, raw async-nats {:.0} tasks/s \
-             ({in_flight} in flight, {n} tasks); Bus::send_all with 256 in flight {:.0} msgs/s",
+            "{storage} storage, median of {runs} ({in_flight} in flight, {n} tasks): taskbus {:.0} \
+             tasks/s, {:.1} µs CPU/task (client + server); raw async-nats {:.0} tasks/s, {:.1} µs \
+             CPU/task; Bus::send_all with 256 in flight {:.0} msgs/s",
             median(ours),
+            median(ours_cpu),
             median(raw),
+            median(raw_cpu),
             median(sends)
         );
         bus.close().await.unwrap();
