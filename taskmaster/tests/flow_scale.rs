@@ -44,11 +44,11 @@ fn big_workflow() -> String {
     s
 }
 
-fn peak_rss_kib() -> Option<u64> {
+fn rss_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
@@ -63,6 +63,7 @@ async fn ten_thousand_phases_load_validate_and_run_to_completion() {
     let t = Instant::now();
     let set = WorkflowSet::load(&wf).unwrap();
     let load = t.elapsed();
+    let rss_loaded = rss_kib("VmRSS:");
     let w = set.get("big.toml").unwrap().clone();
     assert_eq!(w.phases().len(), WIDTH * LAYERS);
     let t = Instant::now();
@@ -140,10 +141,12 @@ async fn ten_thousand_phases_load_validate_and_run_to_completion() {
 
     println!(
         "10,000 phases: file {} KiB, load+validate {load:?}, tree+dot {draw:?}, run {run_time:?} \
-         ({} journal records, {} KiB), journal replay {restore:?}, peak RSS of the test process {} KiB",
+         ({} journal records, {} KiB), journal replay {restore:?}; RSS of the test process after load {} KiB, \
+         peak {} KiB",
         text.len() / 1024,
         file.records.len(),
         journal_bytes / 1024,
-        peak_rss_kib().map_or_else(|| "?".to_owned(), |k| k.to_string()),
+        rss_loaded.map_or_else(|| "?".to_owned(), |k| k.to_string()),
+        rss_kib("VmHWM:").map_or_else(|| "?".to_owned(), |k| k.to_string()),
     );
 }

@@ -169,16 +169,25 @@ impl Journal {
         Ok(Some(file))
     }
 
-    /// Reads every journal of `workflow`, cutting off torn last lines.
-    pub fn load_workflow(&mut self, workflow: &str) -> Result<Vec<RunFile>, TaskmasterError> {
+    /// Reads every journal of `workflow` that does not end with an `end` record (cutting off torn
+    /// last lines); also returns how many ended ones were left unread.
+    pub fn load_workflow(
+        &mut self,
+        workflow: &str,
+    ) -> Result<(Vec<RunFile>, usize), TaskmasterError> {
         let dir = self.dir.join("runs").join(slug(workflow));
         let mut out = Vec::new();
+        let mut ended = 0;
         for path in list_jsonl(&dir)? {
+            if ends_with_end(&path) {
+                ended += 1;
+                continue;
+            }
             let file = read_run(&path)?;
             repair(&file)?;
             out.push(file);
         }
-        Ok(out)
+        Ok((out, ended))
     }
 
     /// Deletes journals last changed before `now - keep` whose run `in_memory` says is not held.
@@ -282,6 +291,31 @@ pub fn read_run(path: &Path) -> Result<RunFile, TaskmasterError> {
     })
 }
 
+/// True when the last whole line of the journal at `path` is an `end` record (read from the end of
+/// the file, so a long finished run costs one small read).
+pub fn ends_with_end(path: &Path) -> bool {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let Ok(len) = f.seek(SeekFrom::End(0)) else {
+        return false;
+    };
+    let start = len.saturating_sub(4096);
+    let mut tail = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut tail).is_err() {
+        return false;
+    }
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return false;
+    };
+    let line = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
+    matches!(
+        serde_json::from_slice::<Record>(line),
+        Ok(Record::End { .. })
+    )
+}
+
 /// Cuts a torn last line off the file.
 fn repair(file: &RunFile) -> Result<(), TaskmasterError> {
     if file.torn == 0 {
@@ -369,6 +403,22 @@ mod tests {
         j.append(&[(key.clone(), Record::Sent { at, n: 1 })])
             .unwrap();
         assert_eq!(read_run(&path).unwrap().records.len(), 3);
+        assert!(!ends_with_end(&path));
+        let end = Record::End {
+            at,
+            outcome: "completed".into(),
+        };
+        j.append(&[(key.clone(), end)]).unwrap();
+        assert!(ends_with_end(&path));
+        assert_eq!(
+            j.load_workflow("w.toml").unwrap().1,
+            1,
+            "an ended run is not read"
+        );
+        j.append(&[(key.clone(), Record::Sent { at, n: 2 })])
+            .unwrap();
+        assert!(!ends_with_end(&path), "a later record reopens the run");
+        assert_eq!(j.load_workflow("w.toml").unwrap().0.len(), 1);
         drop(j);
         assert!(
             Journal::open(dir.path(), false).is_ok(),

@@ -71,6 +71,9 @@
 //! 4. The queued tasks (the outbox) are sent; once the bus confirms, a `sent` record follows.
 //!    Killed before the tasks are sent, the next start sends them.
 //!
+//! A run with nothing left to do gets an `end` record and leaves memory; a restart reads only the
+//! journals that do not end with one (a late done task of a finished run reads its journal again).
+//!
 //! Restarted, the app replays the journals, so no child is lost; a child decided once is never
 //! decided again (the run remembers it), and fan-in counts survive. The one moment a task could go
 //! out twice is between the bus confirming a send and the `sent` record: at start, tasks queued but

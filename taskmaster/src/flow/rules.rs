@@ -96,6 +96,14 @@ pub enum Record {
         /// Why.
         reason: String,
     },
+    /// The run had nothing left to do when this was written (a later record reopens it): lets a
+    /// restart skip reading finished runs.
+    End {
+        /// When.
+        at: DateTime<Utc>,
+        /// How it ended (`completed`, `failed: …`, `incomplete: …`).
+        outcome: String,
+    },
     /// A phase will not run in this run.
     Skip {
         /// When.
@@ -116,6 +124,7 @@ impl Record {
             | Record::Sent { at, .. }
             | Record::Done { at, .. }
             | Record::Fail { at, .. }
+            | Record::End { at, .. }
             | Record::Skip { at, .. } => *at,
         }
     }
@@ -278,7 +287,7 @@ impl std::fmt::Display for RunOutcome {
             RunOutcome::Failed { phase, reason } => write!(f, "failed: phase {phase}: {reason}"),
             RunOutcome::Incomplete { phase, waiting_for } => write!(
                 f,
-                "incomplete: phase {phase} waits for {} , which did not run",
+                "incomplete: phase {phase} waits for {}, which did not run",
                 waiting_for.join(", ")
             ),
         }
@@ -396,7 +405,7 @@ impl Run {
             })
         };
         match record {
-            Record::Start { .. } => Ok(()),
+            Record::Start { .. } | Record::End { .. } => Ok(()),
             Record::Queue {
                 at,
                 n,

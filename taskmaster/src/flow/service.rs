@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::WorkflowSet;
 use super::journal::Journal;
-use super::rules::{Decided, Engine, OutboxEntry, RunKey, RunOutcome};
+use super::rules::{Decided, Engine, OutboxEntry, Record, RunKey, RunOutcome};
 use super::ticks::Ticks;
 use crate::clock::Clock;
 use crate::TaskmasterError;
@@ -363,8 +363,8 @@ impl FlowService {
 
     /// Rebuilds every run of workflow `name` from the journals, keeping the unfinished ones in memory.
     fn restore_workflow(&mut self, name: &str) -> Result<(), TaskmasterError> {
-        let files = self.journal.load_workflow(name)?;
-        let (mut active, mut finished) = (0, 0);
+        let (files, ended) = self.journal.load_workflow(name)?;
+        let (mut active, mut finished) = (0, ended);
         for file in files {
             match self.engine.restore(&file.records) {
                 Ok((key, problems)) => {
@@ -401,10 +401,16 @@ impl FlowService {
                 continue;
             }
             let took = (run.updated - run.started).to_std().unwrap_or_default();
-            match run.outcome() {
+            let outcome = run.outcome();
+            match &outcome {
                 RunOutcome::Completed => tracing::info!(run = %key, took = ?took, "run completed"),
                 other => tracing::warn!(run = %key, took = ?took, "run {other}"),
             }
+            let end = Record::End {
+                at: now,
+                outcome: outcome.to_string(),
+            };
+            self.journal.append(&[(key.clone(), end)])?;
             self.engine.evict(&key);
             self.journal.close(&key);
         }

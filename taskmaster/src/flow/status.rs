@@ -20,7 +20,7 @@ pub struct PhaseRow {
     pub status: &'static str,
     /// The attempt of its latest task.
     pub attempt: u32,
-    /// When its latest task was sent (or is due, for a retry waiting).
+    /// When its latest task was sent.
     pub sent: Option<DateTime<Utc>>,
     /// When a worker started it.
     pub started: Option<DateTime<Utc>>,
@@ -85,7 +85,7 @@ pub fn rows(run: &Run) -> Vec<PhaseRow> {
             task: phase.task_name(),
             status: p.status.label(),
             attempt: p.attempt,
-            sent: p.sent.or(p.due),
+            sent: p.sent,
             started: p.started,
             ended: p.ended,
             note,
