@@ -21,9 +21,14 @@
 //!   itself moves a message delivered more than `max_deliveries` times to the dead-letter topic, so
 //!   nothing is dropped silently by the broker. Subscribing creates the consumer when it is missing
 //!   and updates its `ack_wait` and `max_ack_pending` when the URL asks for other values.
+//!   Any NATS client can feed a topic by publishing to its subject through JetStream.
 //! - A consumer fetches in batches: it asks for as many messages as it has room for under
 //!   [`ConsumerOptions::max_in_flight`](crate::ConsumerOptions), and never holds more than that
-//!   unsettled, so messages do not wait in a client buffer while their ack wait runs out.
+//!   unsettled, so messages do not wait in a client buffer while their ack wait runs out. Its pull
+//!   requests wait at the server for up to half the ack wait (1 to 30 s). A consumer that closes,
+//!   or is dropped, keeps its inbox until its last pull request has ended and hands back (`-NAK`)
+//!   whatever those requests still bring, because nats-server 2.9 mishandles redeliveries while
+//!   only requests behind an unread inbox wait (it delivers the newest message a second time).
 //! - `ack` sends `+ACK` and returns without waiting for the server (as AMQP and Kafka consumers
 //!   do); while the connection is down the client keeps it and sends it after reconnecting, and an
 //!   ack that is lost all the same means one more delivery, never a lost task. With
@@ -59,10 +64,15 @@
 //! ## Reconnecting
 //!
 //! The client reconnects by itself, forever, with a growing delay (up to 4 s). While it is away,
-//! `send` keeps retrying for `publish_timeout`; a consumer re-issues its pull requests as soon as the
-//! connection is back (or when the server's heartbeats stop), and the durable consumer on the
-//! server remembers what was acked. With `storage=file` a restart of nats-server loses nothing
-//! that was confirmed; with `storage=memory` a restart loses the streams and everything in them.
+//! `send` keeps retrying for `publish_timeout`, and a publish or a confirmed ack that was waiting
+//! for its answer when the connection dropped is sent again on the new one (a re-sent task is not
+//! stored twice, thanks to its `Nats-Msg-Id`). A consumer re-issues its pull requests as soon as
+//! the connection is back, or when a request goes unanswered past its expiry, and recreates its
+//! stream and durable consumer if the server lost them. The durable consumer on the server
+//! remembers what was acked. With `storage=file` a restart of nats-server loses nothing that was
+//! confirmed (a crash of the server may forget the last acks, so some tasks come once more); with
+//! `storage=memory` a restart loses the streams and everything in them, and the bus says so by not
+//! declaring [`Capabilities::persistent`](crate::Capabilities).
 //!
 //! ## Options
 //!
@@ -72,7 +82,7 @@
 //! | `token` | none | an authentication token |
 //! | `creds` | none | path of a `.creds` file (JWT and NKey seed, as `nsc` writes it) |
 //! | `nkey` | none | an NKey seed (`SU…`) to sign in with |
-//! | `tls` | `false` | require TLS (`tls://` servers do too) |
+//! | `tls` | `false` | require TLS |
 //! | `tls_ca` | system roots | a PEM file of root certificates to trust |
 //! | `name` | `taskbus` | the connection name the server shows in its monitoring |
 //! | `stream_prefix` | `taskbus-` | prefix of stream names; letters, digits, `_` and `-` |
