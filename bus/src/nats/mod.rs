@@ -15,13 +15,12 @@
 //!   stream when it is missing, with the `storage`, `replicas`, `max_age` and `duplicate_window`
 //!   below; a stream that exists already is used as it is. The stream keeps messages under the
 //!   limits policy: every consumer group reads all of them, and a new group starts at the first
-//!   message the stream holds.
+//!   message the stream holds. Any NATS client can feed a topic by publishing to its subject.
 //! - A **consumer group** is a durable pull consumer named after the group, with explicit acks,
 //!   `ack_wait` as its lease and no JetStream delivery limit (`max_deliver` = unlimited): the bus
 //!   itself moves a message delivered more than `max_deliveries` times to the dead-letter topic, so
 //!   nothing is dropped silently by the broker. Subscribing creates the consumer when it is missing
 //!   and updates its `ack_wait` and `max_ack_pending` when the URL asks for other values.
-//!   Any NATS client can feed a topic by publishing to its subject through JetStream.
 //! - A consumer fetches in batches: it asks for as many messages as it has room for under
 //!   [`ConsumerOptions::max_in_flight`](crate::ConsumerOptions), and never holds more than that
 //!   unsettled, so messages do not wait in a client buffer while their ack wait runs out. Its pull
