@@ -371,3 +371,33 @@ async fn confirmed_acks_are_on_the_server_when_ack_returns() {
         left.map(|r| r.task.id)
     );
 }
+
+/// A URL with another `ack_wait` updates an existing durable consumer's.
+#[tokio::test]
+async fn another_ack_wait_updates_the_durable_consumer() {
+    let topic = unique("ackwait");
+    let first = bus("ack_wait=2s").await;
+    drop(first.subscribe(&topic, "g").await.expect("subscribe"));
+    let second = bus("ack_wait=7s").await;
+    drop(
+        second
+            .subscribe(&topic, "g")
+            .await
+            .expect("subscribe with another ack wait"),
+    );
+
+    let client = async_nats::connect(base_url().trim_start_matches("nats://"))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream(format!("{}{topic}", nats_support::run_prefix()))
+        .await
+        .expect("stream");
+    let info = stream.consumer_info("g").await.expect("consumer info");
+    assert_eq!(info.config.ack_wait, Duration::from_secs(7));
+    assert_eq!(
+        info.config.description.as_deref(),
+        Some(format!("taskbus group g of topic {topic}").as_str())
+    );
+}
