@@ -507,6 +507,8 @@ fn other_bad_workflows_are_rejected_with_phase_and_reason() {
     assert!(e.contains("colour"), "{e}");
     let e = bad("[[phase]]\ntask = \"a:x\"\nrule = { manual = true }\n[[phase]]\ntask = \"a:y\"\nrule = { manual = true }\n[[phase]]\ntask = \"b\"\ndepends_on = \"a\"\n");
     assert!(e.contains("could be any of"), "{e}");
+    let e = bad("[[phase]]\ntask = \"a\"\nrule = { cron = \"@daily\", require = [\"f\"] }\n");
+    assert!(e.contains("phase \"a\".rule.require"), "{e}");
     // Several problems are all reported.
     let e = bad("[[phase]]\ntask = \"a\"\n[[phase]]\ntask = \"b\"\ndepends_on = \"zz\"\n");
     assert_eq!(e.lines().count(), 2, "{e}");

@@ -36,7 +36,9 @@
 //! | `meta` | meta keys of the task, values are templates |
 //!
 //! Every template reads the run's `{meta:workflow}`, `{meta:run}`, `{meta:phase}` and
-//! `{meta:scheduled}`, and a child's templates read its parents' done meta.
+//! `{meta:scheduled}`, and a child's templates read its parents' done meta: `{meta:key}` (the first
+//! parent in `depends_on` order that has it), or `{meta:PARENT.key}` for one parent's value (for
+//! parent names of letters, digits, `.`, `_` and `-`: give a phase whose task has a job a `name`).
 //!
 //! ## flowlord files
 //!
@@ -419,6 +421,13 @@ impl Checker<'_> {
             }
         }
         let retry = self.retry(&d, raw, &label);
+        if matches!(trigger, Trigger::Cron(_)) && !d.rule.require.is_empty() {
+            self.error(
+                rule_span(raw, &d),
+                format!("{label}.rule.require"),
+                "a cron phase has no parents whose meta it could require; put require on a phase with depends_on",
+            );
+        }
         if self.errors.len() > before {
             return None;
         }
