@@ -317,7 +317,7 @@ async fn start(
     if !p.is_root() {
         eprintln!("note: {phase} is not a root phase; the run starts from it");
     }
-    println!(
+    let line = format!(
         "run {run}: sent {} ({}) to topic {} as task {}, scheduled {}",
         p.name,
         p.task_name(),
@@ -325,6 +325,12 @@ async fn start(
         task.id,
         task.meta.get(keys::SCHEDULED).unwrap_or("")
     );
+    // On stdio: stdout carries the task itself.
+    if global.bus_is_stdio() {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
     Ok(())
 }
 
