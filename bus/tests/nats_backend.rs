@@ -401,3 +401,53 @@ async fn another_ack_wait_updates_the_durable_consumer() {
         Some(format!("taskbus group g of topic {topic}").as_str())
     );
 }
+
+/// A stream made by someone else that holds more subjects than the topic's is used as it is, and
+/// a group reads only the topic's subject from it.
+#[tokio::test]
+async fn a_shared_stream_made_elsewhere_is_filtered_to_the_topic() {
+    let bus = bus("").await;
+    let topic = unique("shared");
+    let subject_prefix = nats_support::run_prefix()
+        .trim_end_matches('-')
+        .replace('-', ".");
+    let client = async_nats::connect(base_url().trim_start_matches("nats://"))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let other = format!("{subject_prefix}.{topic}-other");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: format!("{}{topic}", nats_support::run_prefix()),
+        subjects: vec![format!("{subject_prefix}.{topic}"), other.clone()],
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .expect("create a stream of two subjects");
+    js.publish(
+        other,
+        Task::new("other", "not this topic").to_json_bytes().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    bus.send(&topic, &Task::new("shared", "this topic"))
+        .await
+        .expect("send");
+
+    let mut sub = bus
+        .subscribe_with(&topic, ConsumerOptions::group("g").finite(true))
+        .await
+        .expect("subscribe");
+    let mut got = Vec::new();
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the end")
+        .expect("next")
+    {
+        got.push(r.task.info.clone());
+        r.ack().await.expect("ack");
+    }
+    assert_eq!(got, ["this topic"]);
+}

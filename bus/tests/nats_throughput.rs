@@ -18,6 +18,7 @@ mod nats_support;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy};
+use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use nats_support::{base_url, connect, run_prefix, test_url, unique};
 use taskbus_bus::{Bus, ConsumerOptions, Task, TaskResult};
@@ -62,11 +63,11 @@ async fn taskbus_loop(bus: &Bus, topic: &str, n: usize, in_flight: usize) -> Dur
         .map(|received| {
             let (bus, done_topic) = (bus, &done_topic);
             async move {
-                let mut done = received.task.clone();
+                let (mut done, delivery) = received.into_parts();
                 done.start();
                 done.end(TaskResult::Complete, "ok");
                 bus.send(done_topic, &done).await.unwrap();
-                received.ack().await.unwrap();
+                delivery.ack().await.unwrap();
             }
         })
         .buffer_unordered(in_flight)
@@ -77,8 +78,15 @@ async fn taskbus_loop(bus: &Bus, topic: &str, n: usize, in_flight: usize) -> Dur
 }
 
 /// The same loop on raw async-nats: a durable pull consumer's message stream, a JetStream publish
-/// awaited before a plain (unconfirmed) ack, `in_flight` at once.
-async fn raw_loop(bus: &Bus, url: &str, topic: &str, n: usize, in_flight: usize) -> Duration {
+/// awaited before a plain (unconfirmed) ack, `in_flight` at once. With `msg_id`, each done task
+/// carries the `Nats-Msg-Id` header taskbus sends, to show what JetStream's de-duplication costs.
+async fn raw_loop(
+    bus: &Bus,
+    url: &str,
+    topic: &str,
+    (n, in_flight): (usize, usize),
+    msg_id: bool,
+) -> Duration {
     let client = async_nats::connect(url.trim_start_matches("nats://").split('?').next().unwrap())
         .await
         .unwrap();
@@ -116,8 +124,11 @@ async fn raw_loop(bus: &Bus, url: &str, topic: &str, n: usize, in_flight: usize)
                 let mut done = Task::from_json(&m.payload).unwrap();
                 done.start();
                 done.end(TaskResult::Complete, "ok");
-                let payload = done.to_json_bytes().into();
-                js.publish(done_subject.clone(), payload)
+                let mut publish = PublishMessage::build().payload(done.to_json_bytes().into());
+                if msg_id {
+                    publish = publish.message_id(done.dedup_key().unwrap());
+                }
+                js.send_publish(done_subject.clone(), publish)
                     .await
                     .unwrap()
                     .await
@@ -176,26 +187,48 @@ async fn measured<F: std::future::Future<Output = Duration>>(f: F) -> (Duration,
     (wall, cpu_seconds(&me) - me0, cpu_seconds(&server) - server0)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    storage: &str,
-    run: usize,
-    who: &str,
-    n: usize,
-    wall: Duration,
-    me: f64,
-    server: f64,
-    rates: &mut Vec<f64>,
-    cpus: &mut Vec<f64>,
-) {
-    let rate = n as f64 / wall.as_secs_f64();
-    let per_task = (me + server) / n as f64 * 1e6;
-    eprintln!(
-        "{storage} run {run}: {who:8} {n} tasks in {wall:.2?}: {rate:.0} tasks/s; CPU {me:.2}s client \
-         + {server:.2}s nats-server = {per_task:.1} µs/task"
-    );
-    rates.push(rate);
-    cpus.push(per_task);
+/// The measurements of one loop over the runs.
+struct Series {
+    name: &'static str,
+    rates: Vec<f64>,
+    cpus: Vec<f64>,
+}
+
+impl Series {
+    fn new(name: &'static str) -> Self {
+        Series {
+            name,
+            rates: Vec::new(),
+            cpus: Vec::new(),
+        }
+    }
+
+    fn record(
+        &mut self,
+        storage: &str,
+        run: usize,
+        n: usize,
+        (wall, me, server): (Duration, f64, f64),
+    ) {
+        let rate = n as f64 / wall.as_secs_f64();
+        let per_task = (me + server) / n as f64 * 1e6;
+        eprintln!(
+            "{storage} run {run}: {:16} {n} tasks in {wall:.2?}: {rate:.0} tasks/s; CPU {me:.2}s \
+             client + {server:.2}s nats-server = {per_task:.1} µs/task",
+            self.name
+        );
+        self.rates.push(rate);
+        self.cpus.push(per_task);
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} {:.0} tasks/s, {:.1} µs CPU/task",
+            self.name,
+            median(self.rates.clone()),
+            median(self.cpus.clone())
+        )
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -214,44 +247,27 @@ async fn pipeline_throughput_taskbus_and_raw_async_nats() {
         let url = test_url(&base_url(), &format!("storage={storage}&ack_wait=30s"));
         let bus = connect(&url).await;
         let mut sends = Vec::new();
-        let (mut ours, mut ours_cpu, mut raw, mut raw_cpu) = (vec![], vec![], vec![], vec![]);
+        let mut ours = Series::new("taskbus");
+        let mut raw = Series::new("raw async-nats");
+        let mut raw_id = Series::new("raw + Nats-Msg-Id");
         for run in 1..=runs {
             let (topic, t) = prefill(&bus, n).await;
             sends.push(n as f64 / t.as_secs_f64());
-            let (t, me, server) = measured(taskbus_loop(&bus, &topic, n, in_flight)).await;
-            report(
-                storage,
-                run,
-                "taskbus",
-                n,
-                t,
-                me,
-                server,
-                &mut ours,
-                &mut ours_cpu,
-            );
+            let m = measured(taskbus_loop(&bus, &topic, n, in_flight)).await;
+            ours.record(storage, run, n, m);
             let (topic, _) = prefill(&bus, n).await;
-            let (t, me, server) = measured(raw_loop(&bus, &url, &topic, n, in_flight)).await;
-            report(
-                storage,
-                run,
-                "raw",
-                n,
-                t,
-                me,
-                server,
-                &mut raw,
-                &mut raw_cpu,
-            );
+            let m = measured(raw_loop(&bus, &url, &topic, (n, in_flight), false)).await;
+            raw.record(storage, run, n, m);
+            let (topic, _) = prefill(&bus, n).await;
+            let m = measured(raw_loop(&bus, &url, &topic, (n, in_flight), true)).await;
+            raw_id.record(storage, run, n, m);
         }
         eprintln!(
-            "{storage} storage, median of {runs} ({in_flight} in flight, {n} tasks): taskbus {:.0} \
-             tasks/s, {:.1} µs CPU/task (client + server); raw async-nats {:.0} tasks/s, {:.1} µs \
-             CPU/task; Bus::send_all with 256 in flight {:.0} msgs/s",
-            median(ours),
-            median(ours_cpu),
-            median(raw),
-            median(raw_cpu),
+            "{storage} storage, median of {runs} ({in_flight} in flight, {n} tasks; CPU is client + \
+             nats-server): {}; {}; {}; Bus::send_all with 256 in flight {:.0} msgs/s",
+            ours.summary(),
+            raw.summary(),
+            raw_id.summary(),
             median(sends)
         );
         bus.close().await.unwrap();

@@ -186,16 +186,13 @@ impl Drop for NatsAcker {
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>` or, with a domain and
 /// account hash, `$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.…`.
 pub(super) fn delivery_count(reply: &str) -> Option<u32> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    let at = match tokens.len() {
-        9 => 4,
-        n if n >= 11 => 6,
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let at = match rest.split('.').count() {
+        7 => 2,
+        n if n >= 9 => 4,
         _ => return None,
     };
-    if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
-        return None;
-    }
-    tokens.get(at)?.parse().ok()
+    rest.split('.').nth(at)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -278,6 +278,15 @@ impl Consumer for NatsConsumer {
                 return Ok(None);
             }
             self.top_up().await?;
+            // The common case under load: a message is already there; no timers, no select.
+            let ready = self.sub.as_mut().and_then(|sub| sub.next().now_or_never());
+            if let Some(Some(message)) = ready {
+                match self.handle(message).await? {
+                    Some(Some(delivery)) => return Ok(Some(delivery)),
+                    Some(None) => return Ok(None),
+                    None => continue,
+                }
+            }
             let silent_since = self.last_heard;
             let waiting = !self.pulls.is_empty();
             let expiry = if self.finite {

@@ -229,11 +229,11 @@ impl Backend for NatsBackend {
                     // Missing, or the server is still loading its streams after a restart.
                     self.topology.forget(topic);
                     match self.topology.ensure_stream(topic).await {
-                        Ok(()) if first_miss => {
+                        Ok(_) if first_miss => {
                             first_miss = false;
                             continue;
                         }
-                        Ok(()) => {}
+                        Ok(_) => {}
                         Err(e) if !e.transient => return Err(e.error),
                         Err(_) => {}
                     }

@@ -1,7 +1,7 @@
 //! Topics and groups onto JetStream streams and durable consumers: names, and creating what is
 //! missing.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::Mutex;
 
@@ -35,8 +35,9 @@ impl From<AdminError> for BusError {
 pub(super) struct Topology {
     js: jetstream::Context,
     options: NatsOptions,
-    /// Streams known to exist, so only the first use of a topic asks the server.
-    known: Mutex<HashSet<String>>,
+    /// Streams known to exist, so only the first use of a topic asks the server, and whether each
+    /// holds other subjects than its topic's (a stream made by someone else).
+    known: Mutex<HashMap<String, bool>>,
 }
 
 impl Topology {
@@ -44,7 +45,7 @@ impl Topology {
         Topology {
             js,
             options,
-            known: Mutex::new(HashSet::new()),
+            known: Mutex::new(HashMap::new()),
         }
     }
 
@@ -75,11 +76,12 @@ impl Topology {
         group.replace('.', "_")
     }
 
-    /// Makes sure the stream of `topic` exists and holds its subject.
-    pub(super) async fn ensure_stream(&self, topic: &str) -> Result<(), AdminError> {
+    /// Makes sure the stream of `topic` exists and holds its subject; returns whether it holds other
+    /// subjects too.
+    pub(super) async fn ensure_stream(&self, topic: &str) -> Result<bool, AdminError> {
         let name = self.stream(topic);
-        if self.known().contains(&name) {
-            return Ok(());
+        if let Some(&shared) = self.known().get(&name) {
+            return Ok(shared);
         }
         let subject = self.subject(topic);
         let info = match self.js.get_stream(&name).await {
@@ -115,8 +117,9 @@ impl Topology {
                 transient: false,
             });
         }
-        self.known().insert(name);
-        Ok(())
+        let shared = info.config.subjects.len() > 1;
+        self.known().insert(name, shared);
+        Ok(shared)
     }
 
     async fn create_stream(&self, name: &str, subject: &str) -> Result<stream::Info, AdminError> {
@@ -175,7 +178,7 @@ impl Topology {
     /// Makes sure the durable consumer of `group` on `topic` exists with this bus's ack wait,
     /// creating it (reading from the start of the stream) when missing.
     pub(super) async fn ensure_consumer(&self, topic: &str, group: &str) -> Result<(), AdminError> {
-        self.ensure_stream(topic).await?;
+        let shared = self.ensure_stream(topic).await?;
         let stream_name = self.stream(topic);
         let name = Self::consumer(group);
         let description = format!("taskbus group {group} of topic {topic}");
@@ -187,7 +190,12 @@ impl Topology {
             ack_wait: self.options.ack_wait,
             max_deliver: -1,
             max_ack_pending: self.options.max_ack_pending,
-            filter_subject: self.subject(topic),
+            // A stream of its own holds only the topic's subject: no filter to apply.
+            filter_subject: if shared {
+                self.subject(topic)
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
         let stream = self
@@ -254,7 +262,7 @@ impl Topology {
         self.known().remove(&name);
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
