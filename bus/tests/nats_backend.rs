@@ -259,7 +259,7 @@ async fn stream_settings_come_from_the_url() {
         .await
         .expect("send");
 
-    let client = async_nats::connect(base_url().trim_start_matches("nats://"))
+    let client = nats_support::raw_client(&base_url())
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client);
@@ -312,7 +312,7 @@ async fn deleted_consumer_is_created_again() {
         .await
         .expect("ack");
 
-    let client = async_nats::connect(base_url().trim_start_matches("nats://"))
+    let client = nats_support::raw_client(&base_url())
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client);
@@ -386,7 +386,7 @@ async fn another_ack_wait_updates_the_durable_consumer() {
             .expect("subscribe with another ack wait"),
     );
 
-    let client = async_nats::connect(base_url().trim_start_matches("nats://"))
+    let client = nats_support::raw_client(&base_url())
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client);
@@ -411,7 +411,7 @@ async fn a_shared_stream_made_elsewhere_is_filtered_to_the_topic() {
     let subject_prefix = nats_support::run_prefix()
         .trim_end_matches('-')
         .replace('-', ".");
-    let client = async_nats::connect(base_url().trim_start_matches("nats://"))
+    let client = nats_support::raw_client(&base_url())
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client);

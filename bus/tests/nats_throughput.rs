@@ -87,9 +87,7 @@ async fn raw_loop(
     (n, in_flight): (usize, usize),
     msg_id: bool,
 ) -> Duration {
-    let client = async_nats::connect(url.trim_start_matches("nats://").split('?').next().unwrap())
-        .await
-        .unwrap();
+    let client = nats_support::raw_client(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     // The bus makes the done stream with the same settings as the input's.
     let done_topic = unique("bench-raw-done");

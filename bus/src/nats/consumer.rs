@@ -23,8 +23,18 @@ const FINITE_WAIT: Duration = Duration::from_millis(500);
 /// The pause before asking again after the server could not serve a pull request.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How much longer than a pull request's expiry its `408` may take before the request is taken
-/// for lost (server restarted, link down).
-const GRACE: Duration = Duration::from_secs(3);
+/// for lost (server restarted, link down, or the server dropped it without a word, which 2.9 does
+/// when a delivery finds it just expired).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// How long a pull request waits at the server: a little under half the ack wait (between 0.2 s
+/// and 30 s), so that its expiries do not fall in step with lease expiries. nats-server 2.9
+/// mishandles a redelivery that finds only just-expired requests waiting (see `pulls`).
+fn pull_expiry(ack_wait: Duration) -> Duration {
+    ack_wait
+        .mul_f64(0.45)
+        .clamp(Duration::from_millis(200), Duration::from_secs(30))
+}
 
 /// One consumer of one topic in one group.
 pub(super) struct NatsConsumer {
@@ -44,7 +54,7 @@ pub(super) struct NatsConsumer {
     settler: Arc<Settler>,
     max_in_flight: usize,
     finite: bool,
-    /// How long a pull request waits at the server: half the ack wait, between 1 s and 30 s.
+    /// How long a pull request waits at the server (see [`pull_expiry`]).
     expires: Duration,
     pulls: Pulls,
     /// Messages delivered since the last `no_wait` request was sent (finite consumers).
@@ -79,8 +89,7 @@ impl NatsConsumer {
             topology.stream(topic),
             Topology::consumer(&options.group)
         );
-        let expires = (topology.options().ack_wait / 2)
-            .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let expires = pull_expiry(topology.options().ack_wait);
         let flow = Arc::new(Flow::default());
         let settler = Arc::new(Settler {
             client: client.clone(),

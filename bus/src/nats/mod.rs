@@ -24,10 +24,11 @@
 //! - A consumer fetches in batches: it asks for as many messages as it has room for under
 //!   [`ConsumerOptions::max_in_flight`](crate::ConsumerOptions), and never holds more than that
 //!   unsettled, so messages do not wait in a client buffer while their ack wait runs out. Its pull
-//!   requests wait at the server for up to half the ack wait (1 to 30 s). A consumer that closes,
-//!   or is dropped, keeps its inbox until its last pull request has ended and hands back (`-NAK`)
-//!   whatever those requests still bring, because nats-server 2.9 mishandles redeliveries while
-//!   only requests behind an unread inbox wait (it delivers the newest message a second time).
+//!   requests wait at the server for a little under half the ack wait (0.2 to 30 s). A consumer
+//!   that closes, or is dropped, keeps its inbox until its last pull request has ended and hands
+//!   back (`-NAK`) whatever those requests still bring, because nats-server 2.9 mishandles
+//!   redeliveries while only requests behind an unread inbox wait (it delivers the newest message a
+//!   second time).
 //! - `ack` sends `+ACK` and returns without waiting for the server (as AMQP and Kafka consumers
 //!   do); while the connection is down the client keeps it and sends it after reconnecting, and an
 //!   ack that is lost all the same means one more delivery, never a lost task. With

@@ -6,11 +6,13 @@
 //! pays the oldest, and a `408 Request Timeout` (or, for `no_wait`, `404 No Messages`) closes it.
 //!
 //! A consumer never leaves a pull request waiting behind an inbox it no longer reads. nats-server
-//! 2.9 mishandles a redelivery (after a nack or an ack wait) that finds only such requests waiting:
-//! it rewinds the consumer's position, so the newest message is delivered a second time, and the
-//! redelivered one waits a further ack wait. So a closing consumer keeps its inbox until its last
-//! request has ended, holding whatever those requests still bring, and only then unsubscribes and
-//! hands the held messages back with `-NAK`.
+//! 2.9 mishandles a redelivery (after a nack or an ack wait) that finds only such requests, or only
+//! requests that have just expired, waiting: it rewinds the consumer's position, so the newest
+//! message is delivered a second time (with a delivery count of 1), and the redelivered one waits a
+//! further ack wait. So a closing consumer keeps its inbox until its last request has ended,
+//! holding whatever those requests still bring, and only then unsubscribes and hands the held
+//! messages back with `-NAK`; and request expiries are kept out of step with lease expiries (see
+//! `pull_expiry` in `consumer`).
 
 use std::collections::VecDeque;
 use std::time::Duration;

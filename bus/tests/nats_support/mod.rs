@@ -87,6 +87,16 @@ pub fn unique(label: &str) -> String {
     )
 }
 
+/// A plain async-nats client of the server `url` names (its first server, with its credentials).
+pub async fn raw_client(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let base = url.split('?').next().unwrap_or(url);
+    let first = match base.split_once(',') {
+        Some((first, _)) => first,
+        None => base,
+    };
+    async_nats::connect(first).await
+}
+
 /// Deletes the test streams (`tbtest-<minute>-…`) of runs that started more than two hours ago on
 /// `url`, once per process, so the shared broker's store does not grow run after run.
 pub async fn sweep_old_test_streams(url: &str) {
@@ -94,16 +104,7 @@ pub async fn sweep_old_test_streams(url: &str) {
     if SWEPT.set(()).is_err() {
         return;
     }
-    let addr = url
-        .trim_start_matches("nats://")
-        .split(['?', ','])
-        .next()
-        .unwrap_or("127.0.0.1:4222")
-        .rsplit('@')
-        .next()
-        .unwrap_or("127.0.0.1:4222")
-        .to_owned();
-    let Ok(client) = async_nats::connect(addr).await else {
+    let Ok(client) = raw_client(url).await else {
         return;
     };
     let js = async_nats::jetstream::new(client);
