@@ -87,8 +87,8 @@ async fn server_without_jetstream_is_a_clear_error() {
 /// (the control), the other member gets it after one ack wait.
 #[tokio::test]
 async fn long_task_keeps_its_lease_past_the_ack_wait() {
-    let ack_wait = Duration::from_secs(1);
-    let (worker_bus, rival_bus) = (bus("ack_wait=1s").await, bus("ack_wait=1s").await);
+    let ack_wait = Duration::from_secs(2);
+    let (worker_bus, rival_bus) = (bus("ack_wait=2s").await, bus("ack_wait=2s").await);
     let (topic, group) = (unique("long"), unique("workers"));
     let options = ConsumerOptions::group(&group).max_in_flight(1);
     let mut worker = worker_bus
@@ -108,7 +108,7 @@ async fn long_task_keeps_its_lease_past_the_ack_wait() {
     let started = std::time::Instant::now();
     let keep_alive = async {
         while started.elapsed() < ack_wait * 3 {
-            tokio::time::sleep(ack_wait / 4).await;
+            tokio::time::sleep(ack_wait / 5).await;
             r.in_progress().await.expect("in_progress");
         }
     };
@@ -117,7 +117,7 @@ async fn long_task_keeps_its_lease_past_the_ack_wait() {
         stolen = rival.next() => panic!(
             "the task was handed to another worker after {:?} (ack wait {ack_wait:?}) although \
              in_progress was called every {:?}: {:?}",
-            started.elapsed(), ack_wait / 4, stolen.map(|s| s.map(|s| s.task.id))
+            started.elapsed(), ack_wait / 5, stolen.map(|s| s.map(|s| s.task.id))
         ),
     }
     r.ack().await.expect("ack after three ack waits");
