@@ -44,7 +44,9 @@ async fn unreachable_server_says_how_to_start_one() {
         .expect_err("nothing listens there");
     let msg = err.to_string();
     assert!(
-        msg.starts_with(&format!("cannot connect to nats://127.0.0.1:{port} (")),
+        msg.starts_with(&format!(
+            "cannot connect to nats://127.0.0.1:{port} (connection refused): "
+        )),
         "{msg}"
     );
     assert!(

@@ -1,10 +1,9 @@
 //! The NATS JetStream backend: connecting, publishing, and opening consumers.
 
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::future::IntoFuture;
 
 use async_nats::jetstream;
 use async_nats::jetstream::context::{ContextBuilder, PublishError, PublishErrorKind};
@@ -25,9 +24,8 @@ use crate::{Backend, BusError, Capabilities, Consumer, ConsumerOptions, Outgoing
 const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// How to start a server, for connection errors.
-const START_HINT: &str =
-    "is nats-server running? start it with JetStream: `nats-server -js -sd DIR` \
-                          (or run scripts/brokers/nats.sh)";
+const START_HINT: &str = "is nats-server running? start it with JetStream: \
+                          `nats-server -js -sd DIR` (or run scripts/brokers/nats.sh)";
 
 pub(crate) async fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusError> {
     let options = NatsOptions::from_url(url)?;
@@ -49,7 +47,7 @@ pub(crate) async fn connect(url: &mut BusUrl) -> Result<Arc<dyn Backend>, BusErr
                 }
                 _ => START_HINT,
             };
-            connect_error(url, &options, e.to_string(), hint)
+            connect_error(url, &options, connect_reason(&e), hint)
         })?;
     let js = ContextBuilder::new()
         .timeout(options.request_timeout)
@@ -136,6 +134,23 @@ fn on_event(event: &Event, reconnected: &watch::Sender<u64>) {
         }
         other => tracing::debug!(event = %other, "nats event"),
     }
+}
+
+/// What went wrong connecting, in plain words: `connection refused` rather than
+/// `IO error: Connection refused (os error 111)`.
+fn connect_reason(e: &async_nats::ConnectError) -> String {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::TimedOut => "timed out".to_owned(),
+                _ => io.to_string(),
+            };
+        }
+        source = err.source();
+    }
+    e.to_string()
 }
 
 fn connect_error(url: &BusUrl, options: &NatsOptions, reason: String, hint: &str) -> BusError {
