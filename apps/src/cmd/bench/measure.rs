@@ -116,6 +116,7 @@ fn parse_status(text: &str) -> Option<Rss> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -182,6 +182,7 @@ pub(crate) async fn delete(url: &str, queues: &[String], exchange: &str) -> anyh
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn passwords_are_hidden() {

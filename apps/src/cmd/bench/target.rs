@@ -30,6 +30,10 @@ pub(crate) struct Target {
     /// The URL the taskbus loops connect with.
     pub(crate) url: String,
     /// The brokers, for the raw clients.
+    #[cfg_attr(
+        not(any(feature = "nats", feature = "amqp", feature = "kafka")),
+        allow(dead_code)
+    )]
     pub(crate) brokers: Brokers,
     /// `tbbench-<minutes since the epoch>-<pid>`: in every name this run makes.
     pub(crate) run_id: String,
@@ -194,6 +198,7 @@ pub(crate) fn minutes_now() -> u64 {
 
 /// True for a name made by a bench run that started more than two hours ago (a run that could not
 /// clean up after itself).
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
 pub(crate) fn is_stale(name: &str) -> bool {
     let Some(at) = name.find("tbbench-") else {
         return false;
@@ -210,6 +215,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -33,6 +33,7 @@ pub(crate) fn noop() -> impl Worker {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
