@@ -170,6 +170,15 @@ fn connect_error(url: &BusUrl, options: &NatsOptions, reason: String, hint: &str
     }
 }
 
+/// How one try at sending failed.
+enum Attempt {
+    /// The server may take it later (unreachable, restarting, slow): try again until
+    /// `publish_timeout`.
+    Retry(String),
+    /// Trying again cannot help.
+    Fatal(BusError),
+}
+
 struct NatsBackend {
     client: Client,
     topology: Arc<Topology>,
@@ -186,6 +195,47 @@ impl NatsBackend {
             )));
         }
         Ok(())
+    }
+
+    /// One try at sending: makes sure the topic's stream exists (asking the server only the first
+    /// time), publishes, and waits for the JetStream ack.
+    async fn attempt(&self, topic: &str, subject: &str, message: &Outgoing) -> Result<(), Attempt> {
+        match self.topology.ensure_stream(topic).await {
+            Ok(_) => {}
+            Err(e) if e.transient => return Err(Attempt::Retry(e.error.to_string())),
+            Err(e) => return Err(Attempt::Fatal(e.error)),
+        }
+        let err = match self.publish(subject, message).await {
+            Ok(ack) => {
+                if ack.duplicate {
+                    tracing::debug!(topic, dedup_id = ?message.dedup_id, "duplicate dropped by JetStream");
+                }
+                return Ok(());
+            }
+            Err(err) => err,
+        };
+        let op = || format!("publish to topic {topic:?} (subject {subject})");
+        match err.kind() {
+            // Deleted since we looked, or JetStream still loading its streams after a restart.
+            PublishErrorKind::StreamNotFound => {
+                self.topology.forget(topic);
+                Err(Attempt::Retry(err.to_string()))
+            }
+            PublishErrorKind::MaxPayloadExceeded => Err(Attempt::Fatal(BusError::broker(
+                op(),
+                format!(
+                    "{err}: the message has {} bytes, over the server's max_payload of {} bytes; \
+                     raise max_payload in the nats-server config or send smaller tasks",
+                    message.payload.len(),
+                    self.client.server_info().max_payload
+                ),
+            ))),
+            PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::Other
+            | PublishErrorKind::MaxAckPending => Err(Attempt::Retry(err.to_string())),
+            _ => Err(Attempt::Fatal(BusError::broker(op(), err))),
+        }
     }
 
     /// Publishes once and waits for the JetStream ack. A reconnect while waiting ends the wait
@@ -227,57 +277,22 @@ impl Backend for NatsBackend {
         self.check_open()?;
         let subject = self.topology.subject(topic);
         let deadline = Instant::now() + self.topology.options().publish_timeout;
-        let mut first_miss = true;
         loop {
-            let err = match self.publish(&subject, &message).await {
-                Ok(ack) => {
-                    if ack.duplicate {
-                        tracing::debug!(topic, dedup_id = ?message.dedup_id, "duplicate dropped by JetStream");
-                    }
-                    return Ok(());
-                }
-                Err(err) => err,
+            let failure = match self.attempt(topic, &subject, &message).await {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(failure)) => failure,
             };
-            let op = || format!("publish to topic {topic:?} (subject {subject})");
-            match err.kind() {
-                PublishErrorKind::StreamNotFound => {
-                    // Missing, or the server is still loading its streams after a restart.
-                    self.topology.forget(topic);
-                    match self.topology.ensure_stream(topic).await {
-                        Ok(_) if first_miss => {
-                            first_miss = false;
-                            continue;
-                        }
-                        Ok(_) => {}
-                        Err(e) if !e.transient => return Err(e.error),
-                        Err(_) => {}
-                    }
-                }
-                PublishErrorKind::MaxPayloadExceeded => {
-                    return Err(BusError::broker(
-                        op(),
-                        format!(
-                            "{err}: the message has {} bytes, over the server's max_payload of {} bytes; \
-                             raise max_payload in the nats-server config or send smaller tasks",
-                            message.payload.len(),
-                            self.client.server_info().max_payload
-                        ),
-                    ))
-                }
-                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::Other
-                | PublishErrorKind::MaxAckPending => {}
-                _ => return Err(BusError::broker(op(), err)),
-            }
             if Instant::now() >= deadline {
                 return Err(BusError::broker(
-                    op(),
+                    format!("publish to topic {topic:?} (subject {subject})"),
                     format!(
-                        "{err} (still failing after publish_timeout={:?}); is nats-server up?",
+                        "{failure} (still failing after publish_timeout={:?}); is nats-server up?",
                         self.topology.options().publish_timeout
                     ),
                 ));
             }
-            tracing::debug!(topic, error = %err, "publish failed; trying again");
+            tracing::debug!(topic, error = %failure, "publish failed; trying again");
             tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
         }
     }

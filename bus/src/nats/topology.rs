@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::{
@@ -13,6 +13,7 @@ use async_nats::jetstream::stream::{
     self, ConsumerErrorKind, ConsumerUpdateErrorKind, RetentionPolicy,
 };
 use async_nats::jetstream::{self, ErrorCode};
+use tokio::sync::OnceCell;
 
 use super::options::NatsOptions;
 use crate::BusError;
@@ -35,9 +36,10 @@ impl From<AdminError> for BusError {
 pub(super) struct Topology {
     js: jetstream::Context,
     options: NatsOptions,
-    /// Streams known to exist, so only the first use of a topic asks the server, and whether each
-    /// holds other subjects than its topic's (a stream made by someone else).
-    known: Mutex<HashMap<String, bool>>,
+    /// Streams known to exist, so only the first use of a topic asks the server (once, however
+    /// many sends find it missing at the same time), and whether each holds other subjects than
+    /// its topic's (a stream made by someone else).
+    known: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
 }
 
 impl Topology {
@@ -80,26 +82,30 @@ impl Topology {
     /// subjects too.
     pub(super) async fn ensure_stream(&self, topic: &str) -> Result<bool, AdminError> {
         let name = self.stream(topic);
-        if let Some(&shared) = self.known().get(&name) {
-            return Ok(shared);
-        }
+        let cell = Arc::clone(self.known().entry(name.clone()).or_default());
+        cell.get_or_try_init(|| self.look_up_or_create(topic, &name))
+            .await
+            .copied()
+    }
+
+    async fn look_up_or_create(&self, topic: &str, name: &str) -> Result<bool, AdminError> {
         let subject = self.subject(topic);
-        let info = match self.js.get_stream(&name).await {
+        let info = match self.js.get_stream(name).await {
             Ok(mut s) => s
                 .info()
                 .await
-                .map_err(|e| self.fail("read stream", &name, e, true))?
+                .map_err(|e| self.fail("read stream", name, e, true))?
                 .clone(),
             Err(e) => match e.kind() {
                 GetStreamErrorKind::JetStream(js)
                     if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    self.create_stream(&name, &subject).await?
+                    self.create_stream(name, &subject).await?
                 }
                 GetStreamErrorKind::JetStream(_) => {
-                    return Err(self.fail("look up stream", &name, e, false))
+                    return Err(self.fail("look up stream", name, e, false))
                 }
-                _ => return Err(self.fail("look up stream", &name, e, true)),
+                _ => return Err(self.fail("look up stream", name, e, true)),
             },
         };
         if !info.config.subjects.iter().any(|s| s == &subject) {
@@ -117,9 +123,7 @@ impl Topology {
                 transient: false,
             });
         }
-        let shared = info.config.subjects.len() > 1;
-        self.known().insert(name, shared);
-        Ok(shared)
+        Ok(info.config.subjects.len() > 1)
     }
 
     async fn create_stream(&self, name: &str, subject: &str) -> Result<stream::Info, AdminError> {
@@ -262,7 +266,7 @@ impl Topology {
         self.known().remove(&name);
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<OnceCell<bool>>>> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
