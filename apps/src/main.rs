@@ -80,7 +80,10 @@ impl Command {
     /// The default log filter: quiet for one-shot commands, `info` for services.
     fn default_log(&self) -> &'static str {
         match self {
-            Command::Send(_) | Command::Tail(_) | Command::Config(_) => cmd::logging::ONE_SHOT,
+            // bench draws a progress bar: the launcher's info lines would bury it.
+            Command::Send(_) | Command::Tail(_) | Command::Config(_) | Command::Bench(_) => {
+                cmd::logging::ONE_SHOT
+            }
             _ => cmd::logging::SERVICE,
         }
     }

@@ -13,7 +13,6 @@ use taskbus_worker::{Launcher, LauncherOptions};
 use tokio::time::{timeout, MissedTickBehavior};
 
 use super::measure::rate;
-use super::progress::quiet;
 use super::target::Target;
 use super::taskbus_loop::GROUP;
 use super::tasks;
@@ -55,7 +54,7 @@ pub(crate) async fn run(
         .handle_signals(false);
     let launcher = Launcher::new(bus.clone(), &topic, options);
     let shutdown = launcher.shutdown_handle();
-    let running = tokio::spawn(quiet(launcher.run(tasks::noop())));
+    let running = tokio::spawn(launcher.run(tasks::noop()));
 
     let measured = async {
         warm_up(&bus, &topic, &mut done).await?;

@@ -1,12 +1,10 @@
 //! The progress of a run on stderr: a bar per step when stderr is a terminal, and one line per
 //! finished step either way.
 
-use std::future::Future;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tracing::instrument::WithSubscriber;
 
 /// Counts the steps of a run and draws their bars.
 #[derive(Debug)]
@@ -59,26 +57,4 @@ impl Progress {
     pub(crate) fn note(&self, line: &str) {
         eprintln!("{line}");
     }
-}
-
-/// Runs `f` with warnings and errors logged, but not the launcher's `info` lines (`worker started`,
-/// its report), which would bury the progress under two lines per point. When `TASKBUS_LOG` or
-/// `RUST_LOG` is set, the logs are left as they asked.
-pub(crate) fn quiet<F: Future>(f: F) -> tracing::instrument::WithDispatch<F> {
-    let asked = ["TASKBUS_LOG", "RUST_LOG"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
-    let dispatch = if asked {
-        tracing::dispatcher::get_default(Clone::clone)
-    } else {
-        tracing::Dispatch::new(
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::WARN)
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .compact()
-                .finish(),
-        )
-    };
-    f.with_subscriber(dispatch)
 }

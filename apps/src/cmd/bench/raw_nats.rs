@@ -1,8 +1,8 @@
 //! The raw loop on NATS JetStream with async-nats, as a hand-written worker does it: two file-storage
-//! streams (tasks and done tasks), a durable pull consumer with explicit acks fetching C at a time,
-//! and for each message: parse, publish the done task and await its JetStream ack, then ack the
-//! input (a plain `+ACK`, not awaited: the server confirms nothing, unlike taskbus's acks), with C
-//! messages in flight.
+//! streams (tasks and done tasks), a durable pull consumer with explicit acks fetching C at a time
+//! (two at C=1, see below), and for each message: parse, publish the done task and await its
+//! JetStream ack, then ack the input (a plain `+ACK`, not awaited: the server confirms nothing,
+//! unlike taskbus's acks), with C messages in flight.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,10 @@ use super::plan::Point;
 use super::target::{is_stale, Target};
 use super::taskbus_loop::FILL_IN_FLIGHT;
 use super::tasks;
+
+/// How long one pull request waits at the server: async-nats's default, 30 s, makes a pull it lost
+/// track of a 30 s stall.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Fills a new stream with `point.n` tasks and drains it with C messages in flight.
 pub(crate) async fn run(
@@ -56,7 +60,10 @@ pub(crate) async fn run(
         .context("nats: cannot create the raw consumer")?;
     let messages = consumer
         .stream()
-        .max_messages_per_batch(point.c)
+        // Pulls of one message stall now and then in async-nats 0.51 (its pending-message count
+        // goes wrong): at C=1 the loop pulls two, and still works on one at a time.
+        .max_messages_per_batch(point.c.max(2))
+        .expires(PULL_EXPIRES)
         .messages()
         .await
         .context("nats: cannot start pulling")?;

@@ -10,7 +10,6 @@ use taskbus_worker::{Launcher, LauncherOptions, Report, StatsSnapshot};
 
 use super::measure::Measured;
 use super::plan::Point;
-use super::progress::quiet;
 use super::target::Target;
 use super::tasks;
 
@@ -48,7 +47,7 @@ pub(crate) async fn run(
         .handle_signals(false);
     let launcher = Launcher::new(bus.clone(), &topic, options);
     let (stats, shutdown) = (launcher.stats(), launcher.shutdown_handle());
-    let mut running = tokio::spawn(quiet(launcher.run(tasks::noop())));
+    let mut running = tokio::spawn(launcher.run(tasks::noop()));
     let watched = watch(point.n, bar, || stats.snapshot(), &mut running).await;
     shutdown.request();
     let report = running
