@@ -453,3 +453,67 @@ async fn a_shared_stream_made_elsewhere_is_filtered_to_the_topic() {
     }
     assert_eq!(got, ["this topic"]);
 }
+
+/// A fast consumer fetches ahead; when its caller then stays away past the lease (holding slow
+/// work, its leases kept by in_progress), what it fetched ahead goes to another member, and the
+/// stale copies are never handed out: no task reaches two workers, none is lost.
+#[tokio::test]
+async fn fetched_ahead_messages_never_reach_two_workers() {
+    let ack_wait = Duration::from_secs(2);
+    let (worker_bus, rival_bus) = (bus("ack_wait=2s").await, bus("ack_wait=2s").await);
+    let (topic, group) = (unique("ahead"), unique("workers"));
+    let tasks: Vec<Task> = (0..12).map(|i| Task::new("ahead", i.to_string())).collect();
+    worker_bus.send_all(&topic, &tasks, 12).await.expect("send");
+    let mut worker = worker_bus
+        .subscribe_with(&topic, ConsumerOptions::group(&group).max_in_flight(2))
+        .await
+        .expect("subscribe");
+    let mut by_worker = Vec::new();
+    for _ in 0..6 {
+        let r = next_within(&mut worker, 10, "a quick task").await;
+        by_worker.push(r.task.id.clone());
+        r.ack().await.expect("ack");
+    }
+    let held = [
+        next_within(&mut worker, 10, "a slow task").await,
+        next_within(&mut worker, 10, "another slow task").await,
+    ];
+    by_worker.extend(held.iter().map(|r| r.task.id.clone()));
+
+    let rival = tokio::spawn(async move {
+        let mut sub = rival_bus
+            .subscribe(&topic, &group)
+            .await
+            .expect("subscribe");
+        let mut got = Vec::new();
+        while let Some(r) = maybe_next(&mut sub, Duration::from_secs(6)).await {
+            got.push(r.task.id.clone());
+            r.ack().await.expect("ack");
+        }
+        got
+    });
+    let until = std::time::Instant::now() + ack_wait * 3;
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(ack_wait / 5).await;
+        for r in &held {
+            r.in_progress().await.expect("in_progress");
+        }
+    }
+    for r in held {
+        r.ack().await.expect("ack the slow tasks");
+    }
+    while let Some(r) = maybe_next(&mut worker, Duration::from_secs(1)).await {
+        by_worker.push(r.task.id.clone());
+        r.ack().await.expect("ack");
+    }
+    let by_rival = rival.await.expect("the rival");
+    let twice: Vec<&String> = by_worker
+        .iter()
+        .filter(|id| by_rival.contains(id))
+        .collect();
+    assert!(twice.is_empty(), "tasks handed to both workers: {twice:?}");
+    let mut all: Vec<String> = by_worker.into_iter().chain(by_rival).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), tasks.len(), "every task handed out");
+}

@@ -1,65 +1,18 @@
 //! Settling one JetStream delivery: `+ACK` (confirmed by the server when `confirm_acks`), and
 //! `-NAK [{"delay":…}]` and `+WPI`, always confirmed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::flow::Flow;
 
 use crate::{Acker, BusError};
-
-/// How long after a delayed nack's delay a finite consumer still counts it as coming back: the
-/// server redelivers it on its own timer, a little after the delay.
-const DELAYED_NACK_MARGIN: Duration = Duration::from_millis(500);
-
-/// What one consumer holds: deliveries handed out and not yet settled, and nacks still waiting out
-/// their delay. Shared by the consumer and the ackers of its deliveries.
-#[derive(Debug, Default)]
-pub(super) struct Flow {
-    held: AtomicUsize,
-    delayed: Arc<AtomicUsize>,
-    /// Woken whenever a delivery is settled.
-    pub(super) freed: Notify,
-}
-
-impl Flow {
-    /// Deliveries handed out (or fetched and about to be) and not yet settled.
-    pub(super) fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
-    }
-
-    /// This consumer's nacks with a delay that have not come back yet.
-    pub(super) fn delayed(&self) -> usize {
-        self.delayed.load(Ordering::Acquire)
-    }
-
-    pub(super) fn take(&self) {
-        self.held.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn release(&self) {
-        // Never below zero, even if accounting were off.
-        let _ = self
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
-        self.freed.notify_one();
-    }
-
-    fn nacked_with_delay(&self, delay: Duration) {
-        self.delayed.fetch_add(1, Ordering::AcqRel);
-        let delayed = Arc::clone(&self.delayed);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay + DELAYED_NACK_MARGIN).await;
-            delayed.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-}
 
 /// What the ackers of one consumer share.
 pub(super) struct Settler {
@@ -111,6 +64,8 @@ impl Settler {
 pub(super) struct NatsAcker {
     settler: Arc<Settler>,
     reply: Subject,
+    /// When the delivery was handed out.
+    taken: Instant,
     settled: bool,
 }
 
@@ -121,6 +76,7 @@ impl NatsAcker {
         NatsAcker {
             settler,
             reply,
+            taken: Instant::now(),
             settled: false,
         }
     }
@@ -128,7 +84,7 @@ impl NatsAcker {
     fn settle(&mut self) {
         if !self.settled {
             self.settled = true;
-            self.settler.flow.release();
+            self.settler.flow.release(self.taken.elapsed());
         }
     }
 }

@@ -13,7 +13,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::acker::{delivery_count, Flow, NatsAcker, Settler};
+use super::acker::{delivery_count, NatsAcker, Settler};
+use super::flow::Flow;
 use super::pulls::{is_delivery, retire, Pulls};
 use super::topology::Topology;
 use crate::{BusError, Consumer, ConsumerOptions, Delivery};
@@ -47,6 +48,9 @@ pub(super) struct NatsConsumer {
     inbox: String,
     /// The pull inbox; `None` once closed.
     sub: Option<Subscriber>,
+    /// Messages fetched and not handed out yet, with when they arrived: at most `max_in_flight`
+    /// beyond those held, and only while deliveries are settled quickly (see `top_up`).
+    ready: VecDeque<(Message, Instant)>,
     /// Messages that had arrived when the consumer closed, still to be handed out.
     after_close: VecDeque<Message>,
     flow: Arc<Flow>,
@@ -62,6 +66,8 @@ pub(super) struct NatsConsumer {
     /// The server said other pulls of the group wait for more than is pending (finite consumers).
     others_waiting: bool,
     last_heard: Instant,
+    /// When `next` last handed out a delivery, while the caller has it.
+    returned_at: Option<Instant>,
     reconnects: watch::Receiver<u64>,
 }
 
@@ -106,6 +112,7 @@ impl NatsConsumer {
             pull_subject,
             inbox,
             sub: Some(sub),
+            ready: VecDeque::new(),
             after_close: VecDeque::new(),
             flow,
             settler,
@@ -116,17 +123,24 @@ impl NatsConsumer {
             got_since_request: 0,
             others_waiting: false,
             last_heard: Instant::now(),
+            returned_at: None,
             reconnects,
         })
     }
 
     /// Asks for more messages when there is room: at once when nothing is on its way, else only
-    /// once half the in-flight limit is free, so requests stay large. A finite consumer has one
-    /// request out at a time.
+    /// once half the in-flight limit is free, so requests stay large. While deliveries are settled
+    /// quickly it fetches up to `max_in_flight` ahead, so a free slot finds a message waiting
+    /// instead of a round trip; while they are slow (or the consumer is finite) it fetches only
+    /// what it can hand out. A finite consumer has one request out at a time.
     async fn top_up(&mut self) -> Result<(), BusError> {
-        let free = self
-            .max_in_flight
-            .saturating_sub(self.flow.held() + self.pulls.owed());
+        let ahead = if !self.finite && self.flow.is_fast() {
+            self.max_in_flight
+        } else {
+            0
+        };
+        let free = (self.max_in_flight + ahead)
+            .saturating_sub(self.flow.held() + self.ready.len() + self.pulls.owed());
         let threshold = if self.pulls.is_empty() {
             1
         } else {
@@ -164,14 +178,15 @@ impl NatsConsumer {
         Ok(())
     }
 
-    /// Handles one message on the inbox: a delivery, or a status about a pull request.
-    /// `Ok(Some(None))` means a finite consumer has reached the end.
-    async fn handle(&mut self, message: Message) -> Result<Option<Option<Delivery>>, BusError> {
+    /// Handles one message on the inbox: a delivery (kept in `ready`), or a status about a pull
+    /// request. `Ok(true)` means a finite consumer has reached the end.
+    async fn handle(&mut self, message: Message) -> Result<bool, BusError> {
         self.last_heard = Instant::now();
         if is_delivery(&message) {
             self.pulls.paid();
             self.got_since_request += 1;
-            return Ok(self.delivery(message).map(Some));
+            self.ready.push_back((message, Instant::now()));
+            return Ok(false);
         }
         let status = message.status.unwrap_or(StatusCode::OK);
         let description = message.description.unwrap_or_default();
@@ -183,9 +198,10 @@ impl NatsConsumer {
             }
             StatusCode::TIMEOUT | StatusCode::NOT_FOUND => {
                 self.pulls.oldest_ended();
-                if self.finite && self.got_since_request == 0 && self.pulls.is_empty() {
+                let nothing_more = self.got_since_request == 0 && self.ready.is_empty();
+                if self.finite && nothing_more && self.pulls.is_empty() {
                     if self.flow.delayed() == 0 {
-                        return Ok(Some(None));
+                        return Ok(true);
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
@@ -211,7 +227,26 @@ impl NatsConsumer {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
-        Ok(None)
+        Ok(false)
+    }
+
+    /// The oldest fetched message, when a slot is free. One that waited so long its lease may
+    /// have run out is let go (the server hands it out again): handing it out could mean two
+    /// workers on one task.
+    fn hand_out(&mut self) -> Option<Delivery> {
+        let stale = self.stale_after();
+        while self.flow.held() < self.max_in_flight {
+            let (message, arrived) = self.ready.pop_front()?;
+            if arrived.elapsed() < stale {
+                if let Some(delivery) = self.delivery(message) {
+                    return Some(delivery);
+                }
+            } else {
+                tracing::debug!(topic = %self.topic,
+                    "a fetched message waited out most of its lease; letting the server hand it out again");
+            }
+        }
+        None
     }
 
     fn delivery(&self, message: Message) -> Option<Delivery> {
@@ -266,17 +301,8 @@ impl NatsConsumer {
         }
     }
 
-    fn error(&self, what: &str, e: impl std::fmt::Display) -> BusError {
-        BusError::broker(
-            format!("{what} for topic {:?}, group {:?}", self.topic, self.group),
-            e,
-        )
-    }
-}
-
-#[async_trait]
-impl Consumer for NatsConsumer {
-    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
+    /// The next delivery: one fetched already, else after asking the server and waiting.
+    async fn wait_next(&mut self) -> Result<Option<Delivery>, BusError> {
         loop {
             if self.sub.is_none() {
                 while let Some(message) = self.after_close.pop_front() {
@@ -286,15 +312,17 @@ impl Consumer for NatsConsumer {
                 }
                 return Ok(None);
             }
+            if let Some(delivery) = self.hand_out() {
+                return Ok(Some(delivery));
+            }
             self.top_up().await?;
             // The common case under load: a message is already there; no timers, no select.
-            let ready = self.sub.as_mut().and_then(|sub| sub.next().now_or_never());
-            if let Some(Some(message)) = ready {
-                match self.handle(message).await? {
-                    Some(Some(delivery)) => return Ok(Some(delivery)),
-                    Some(None) => return Ok(None),
-                    None => continue,
+            let arrived = self.sub.as_mut().and_then(|sub| sub.next().now_or_never());
+            if let Some(Some(message)) = arrived {
+                if self.handle(message).await? {
+                    return Ok(None);
                 }
+                continue;
             }
             let silent_since = self.last_heard;
             let waiting = !self.pulls.is_empty();
@@ -308,10 +336,8 @@ impl Consumer for NatsConsumer {
             };
             tokio::select! {
                 message = sub.next() => match message {
-                    Some(message) => match self.handle(message).await? {
-                        Some(Some(delivery)) => return Ok(Some(delivery)),
-                        Some(None) => return Ok(None),
-                        None => {}
+                    Some(message) => if self.handle(message).await? {
+                        return Ok(None);
                     },
                     None => return Err(BusError::Closed(format!(
                         "the NATS connection of the consumer of topic {:?}", self.topic
@@ -332,11 +358,67 @@ impl Consumer for NatsConsumer {
         }
     }
 
+    /// How long a fetched message may wait before its lease may have run out (and the server
+    /// may have handed it to someone else): most of the ack wait.
+    fn stale_after(&self) -> Duration {
+        self.topology.options().ack_wait.mul_f64(0.8)
+    }
+
+    /// After the caller stayed away longer than [`Self::stale_after`], messages that arrived
+    /// meanwhile may be stale: let them go (the server hands each out again after its ack wait)
+    /// rather than have two workers on one task.
+    fn let_go_of_unread(&mut self) {
+        let Some(sub) = self.sub.as_mut() else {
+            return;
+        };
+        let mut let_go = 0;
+        while let Some(Some(message)) = sub.next().now_or_never() {
+            if is_delivery(&message) {
+                self.pulls.paid();
+                let_go += 1;
+            } else if matches!(
+                message.status,
+                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND)
+            ) {
+                self.pulls.oldest_ended();
+            }
+        }
+        if let_go > 0 {
+            tracing::debug!(topic = %self.topic, let_go,
+                "messages fetched while the caller was away too long; the server will hand them out again");
+        }
+    }
+
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> BusError {
+        BusError::broker(
+            format!("{what} for topic {:?}, group {:?}", self.topic, self.group),
+            e,
+        )
+    }
+}
+
+#[async_trait]
+impl Consumer for NatsConsumer {
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
+        if let Some(at) = self.returned_at.take() {
+            if at.elapsed() > self.stale_after() {
+                self.let_go_of_unread();
+            }
+        }
+        let next = self.wait_next().await;
+        if let Ok(Some(_)) = next {
+            self.returned_at = Some(Instant::now());
+        }
+        next
+    }
+
     async fn close(&mut self) -> Result<(), BusError> {
         let Some(mut sub) = self.sub.take() else {
             return Ok(());
         };
         // What has arrived is still handed out; what the open requests bring later goes back.
+        self.after_close
+            .extend(self.ready.drain(..).map(|(message, _)| message));
         while let Some(Some(message)) = sub.next().now_or_never() {
             if is_delivery(&message) {
                 self.pulls.paid();
@@ -357,7 +439,11 @@ impl Drop for NatsConsumer {
     fn drop(&mut self) {
         // Messages that arrived but were never handed out go back at once, not after the ack
         // wait; the inbox stays until the open requests have ended (see `pulls`).
-        let held: Vec<Subject> = self.after_close.drain(..).filter_map(|m| m.reply).collect();
+        let unsent = self.ready.drain(..).map(|(message, _)| message);
+        let held: Vec<Subject> = unsent
+            .chain(self.after_close.drain(..))
+            .filter_map(|m| m.reply)
+            .collect();
         match self.sub.take() {
             Some(sub) => self.retire(sub, held),
             None if held.is_empty() => {}

@@ -22,13 +22,18 @@
 //!   nothing is dropped silently by the broker. Subscribing creates the consumer when it is missing
 //!   and updates its `ack_wait` and `max_ack_pending` when the URL asks for other values.
 //! - A consumer fetches in batches: it asks for as many messages as it has room for under
-//!   [`ConsumerOptions::max_in_flight`](crate::ConsumerOptions), and never holds more than that
-//!   unsettled, so messages do not wait in a client buffer while their ack wait runs out. Its pull
-//!   requests wait at the server for a little under half the ack wait (0.2 to 30 s). A consumer
-//!   that closes, or is dropped, keeps its inbox until its last pull request has ended and hands
-//!   back (`-NAK`) whatever those requests still bring, because nats-server 2.9 mishandles
-//!   redeliveries while only requests behind an unread inbox wait (it delivers the newest message a
-//!   second time).
+//!   [`ConsumerOptions::max_in_flight`](crate::ConsumerOptions), and hands out no more than that
+//!   unsettled at once. While its deliveries are settled quickly (under 0.2 s on average) it also
+//!   fetches up to `max_in_flight` ahead, so a free slot finds a message waiting instead of a round
+//!   trip; while they are slow it fetches only what it can hand out, so messages do not wait in a
+//!   client buffer behind long tasks. A fetched message that waited most of its ack wait (its
+//!   caller was away, busy) is let go rather than handed out, as the server may already have given
+//!   it to another member: it comes back after its ack wait.
+//! - Pull requests wait at the server for a little under half the ack wait (0.2 to 30 s). A
+//!   consumer that closes, or is dropped, keeps its inbox until its last pull request has ended
+//!   and hands back (`-NAK`) whatever those requests still bring, because nats-server 2.9
+//!   mishandles redeliveries while only requests behind an unread inbox wait (it delivers the
+//!   newest message a second time).
 //! - `ack` sends `+ACK` and returns without waiting for the server (as AMQP and Kafka consumers
 //!   do); while the connection is down the client keeps it and sends it after reconnecting, and an
 //!   ack that is lost all the same means one more delivery, never a lost task. With
@@ -112,6 +117,8 @@ mod acker;
 mod consumer;
 #[cfg(feature = "nats")]
 mod enabled;
+#[cfg(feature = "nats")]
+mod flow;
 #[cfg(feature = "nats")]
 mod options;
 #[cfg(feature = "nats")]
