@@ -48,7 +48,7 @@ The --bus option is not used: --buses chooses, and each bus is measured on names
 
 /// Options of `taskbus bench`.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = EXAMPLES)]
+#[command(after_long_help = EXAMPLES, args_override_self = true)]
 pub(crate) struct Args {
     #[command(subcommand)]
     child: Option<Child>,

@@ -20,7 +20,7 @@
 //! | `rebalance_wait` | `30s` | how long a rebalance waits for a handed-out message of a partition being taken away; `in_progress` renews this lease, up to 4/5 of librdkafka's `max.poll.interval.ms` (the larger of 300 s and twice `rebalance_wait`) |
 //! | `join_wait` | `session_timeout` | how long opening a consumer waits for the group to assign it partitions (`0s`: not at all) |
 //! | `commit_interval` | `1s` | how often finished offsets are committed (`auto.commit.interval.ms`) |
-//! | `linger` | `5ms` | how long the producer waits to batch messages (`linger.ms`) |
+//! | `linger` | `0ms` | how long the producer waits to batch messages (`linger.ms`). A worker waits for each done task's delivery report before it takes the next task, so with C tasks in flight a linger caps it near C / linger (64 in flight, 5 ms: about 10k tasks/s); at `0ms` the producer still batches whatever queues while a request is on the wire. Raise it for bulk sends that do not wait one by one |
 //! | `compression` | `none` | `none`, `gzip`, `snappy`, `lz4` or `zstd` |
 //! | `send_timeout` | `30s` | how long a send may wait for its delivery report before failing |
 //! | `connect_timeout` | `10s` | how long connecting (and creating a topic) waits for the brokers |

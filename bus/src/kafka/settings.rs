@@ -90,7 +90,7 @@ impl Settings {
                 .unwrap_or(Duration::from_secs(1)),
             linger: url
                 .take_duration("linger")?
-                .unwrap_or(Duration::from_millis(5)),
+                .unwrap_or(Duration::ZERO),
             send_timeout: url
                 .take_duration("send_timeout")?
                 .unwrap_or(Duration::from_secs(30)),
@@ -268,7 +268,7 @@ mod tests {
         assert_eq!(s.join_wait, s.session_timeout);
         let p = s.producer();
         assert_eq!(p.get("enable.idempotence"), Some("true"));
-        assert_eq!(p.get("linger.ms"), Some("5"));
+        assert_eq!(p.get("linger.ms"), Some("0"));
         let c = s.consumer("workers", false);
         assert_eq!(c.get("group.id"), Some("workers"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));

@@ -1,5 +1,5 @@
 //! The raw loop on Kafka with rdkafka, as a hand-written worker does it: an idempotent producer
-//! (`acks=all`, `linger.ms=5`, like the bus's), a stream consumer in a new group that stores each
+//! (`acks=all`, `linger.ms=0`, like the bus's default), a stream consumer in a new group that stores each
 //! message's offset once its done task's delivery report came back — in whatever order messages
 //! finish, which a careful worker must not do (a crash would skip unfinished messages below a stored
 //! offset; the bus commits only up to the lowest unfinished one) — and auto-commits every second, with
@@ -41,7 +41,7 @@ pub(crate) async fn run(
         .set("bootstrap.servers", &servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", "0")
         .create()
         .context("kafka: cannot make a producer")?;
     bar.set_length(point.n as u64);
