@@ -131,6 +131,8 @@ fn a_tiny_bench_on_file_and_mem_reports_every_point_with_bus_n_and_c() {
                 assert!(num(&row["fill_tasks_per_sec"]) > 0.0, "{row}");
                 assert_eq!(row["runs"].as_array().unwrap().len(), 1, "{row}");
                 assert_eq!(row["duplicates"], 0, "{row}");
+                assert!(num(&row["client_cpu_us"]) >= 0.0, "{row}");
+                assert!(row["broker_cpu_us"].is_null(), "no broker here: {row}");
             }
         }
         assert_eq!(throughput.len(), if bus == "mem" { 3 } else { 6 });
@@ -187,6 +189,8 @@ fn a_tiny_bench_on_file_and_mem_reports_every_point_with_bus_n_and_c() {
         "| file | 400 | 4 |",
         "| mem | 200 | 4 |",
         "Slowest against its raw client: **file",
+        "## CPU per task",
+        "| taskbus client | taskbus broker | raw client | raw broker |",
         "## Latency",
         "## Memory of a worker process",
         "| file | idle | 1 | 4 |",
@@ -251,4 +255,44 @@ fn an_unreachable_broker_is_a_failure_in_the_report_and_the_exit_code() {
         "{report:#}"
     );
     assert!(report["throughput"].as_array().unwrap().is_empty());
+}
+
+/// On a broker, both loops run and the broker's CPU time is read (NATS, started by the test script).
+#[cfg(feature = "nats")]
+#[test]
+fn a_tiny_bench_on_nats_reads_the_broker_cpu_beside_the_raw_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, md) = (dir.path().join("b.json"), dir.path().join("b.md"));
+    let url = std::env::var("TASKBUS_TEST_NATS_URL").unwrap_or("nats://127.0.0.1:4222".into());
+    let out = taskbus(&[
+        "bench",
+        "--buses",
+        "nats",
+        "--nats-url",
+        &url,
+        "--concurrency",
+        "4",
+        "--tasks",
+        "200",
+        "--skip",
+        "growth,latency,memory",
+        "--json",
+        json.to_str().unwrap(),
+        "--markdown",
+        md.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let throughput = rows(&report, "throughput", "nats");
+    assert_eq!(throughput.len(), 2, "taskbus and raw: {report:#}");
+    for row in throughput {
+        assert_eq!((row["n"].as_u64(), row["c"].as_u64()), (Some(200), Some(4)));
+        assert!(num(&row["tasks_per_sec"]) > 0.0, "{row}");
+        if url.contains("127.0.0.1") || url.contains("localhost") {
+            assert!(
+                num(&row["broker_cpu_us"]) >= 0.0,
+                "nats-server runs here: {row}"
+            );
+        }
+    }
 }

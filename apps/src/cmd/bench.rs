@@ -30,7 +30,7 @@ use indicatif::ProgressBar;
 
 use super::failure::usage;
 use super::Global;
-use measure::{load_average, median, quantile, rate, Measured};
+use measure::{load_average, median, per_task_us, quantile, rate, Measured};
 use plan::{BusKind, Count, Limit, Part, Plan, Point};
 use progress::Progress;
 use report::{Client, Failure, Host, Latency, Memory, PerInFlight, Phase, Report, Throughput};
@@ -325,6 +325,7 @@ async fn throughput(
     };
     let load = load_average()[0];
     let (mut runs, mut fills, mut duplicates) = (Vec::new(), Vec::new(), 0);
+    let (mut client_cpu, mut broker_cpu) = (Vec::new(), Vec::new());
     for run in 1..=plan.runs {
         let again = if plan.runs > 1 {
             format!(" run {run}")
@@ -342,6 +343,8 @@ async fn throughput(
                 runs.push(rate(point.n, m.drain));
                 fills.push(rate(point.n, m.fill));
                 duplicates += m.duplicates;
+                client_cpu.push(per_task_us(m.cpu.client, point.n));
+                broker_cpu.extend(m.cpu.broker.map(|b| per_task_us(b, point.n)));
                 progress.finish(
                     &bar,
                     &format!(
@@ -369,6 +372,8 @@ async fn throughput(
         runs,
         fill_tasks_per_sec: median(&fills),
         duplicates,
+        client_cpu_us: median(&client_cpu),
+        broker_cpu_us: (!broker_cpu.is_empty()).then(|| median(&broker_cpu)),
         load,
     });
 }

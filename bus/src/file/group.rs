@@ -347,20 +347,23 @@ impl Group {
 
     /// Reads and applies what was appended to the journal since we last looked. Holding the lock.
     fn catch_up(&self, core: &mut Core) -> io::Result<()> {
-        let reopen = match &core.journal {
-            None => true,
-            // Compacted by another process: the file we have open was renamed over.
-            Some(j) => j.metadata()?.nlink() == 0,
-        };
-        if reopen {
+        // One `fstat` tells both whether to reopen and how far the journal goes: it runs at every
+        // change of the group.
+        let mut meta = core.journal.as_ref().map(File::metadata).transpose()?;
+        // None open yet, or compacted by another process: the file we have open was renamed over.
+        if !matches!(&meta, Some(m) if m.nlink() > 0) {
             core.journal = Some(open_journal(&self.journal_path)?);
             core.jpos = 0;
             core.state = GroupState::default();
+            meta = None;
         }
         let Some(journal) = &core.journal else {
             return Ok(());
         };
-        let len = journal.metadata()?.len();
+        let len = match meta {
+            Some(meta) => meta.len(),
+            None => journal.metadata()?.len(),
+        };
         if len <= core.jpos {
             if len < core.jpos {
                 // Shrunk without a rename: someone edited it. Start over from what it holds.

@@ -88,9 +88,7 @@ impl Settings {
             commit_interval: url
                 .take_duration("commit_interval")?
                 .unwrap_or(Duration::from_secs(1)),
-            linger: url
-                .take_duration("linger")?
-                .unwrap_or(Duration::ZERO),
+            linger: url.take_duration("linger")?.unwrap_or(Duration::ZERO),
             send_timeout: url
                 .take_duration("send_timeout")?
                 .unwrap_or(Duration::from_secs(30)),

@@ -62,6 +62,17 @@ impl BusKind {
         }
     }
 
+    /// The name of the broker's process (`/proc/PID/comm`), whose CPU time is measured when it runs
+    /// on this machine.
+    pub(crate) fn broker_process(self) -> Option<&'static str> {
+        match self {
+            BusKind::Mem | BusKind::File => None,
+            BusKind::Nats => Some("nats-server"),
+            BusKind::Amqp => Some("beam.smp"),
+            BusKind::Kafka => Some("tansu"),
+        }
+    }
+
     /// True when there is a raw-client loop to compare with.
     pub(crate) fn has_raw(self) -> bool {
         self != BusKind::Mem

@@ -15,7 +15,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use super::measure::{FirstSeen, Measured};
+use super::measure::{CpuClock, FirstSeen, Measured};
 use super::plan::Point;
 use super::target::Target;
 use super::taskbus_loop::FILL_IN_FLIGHT;
@@ -57,6 +57,8 @@ async fn drain_queues(
         .context("amqp: cannot fill the raw queue")?;
     let fill = filled.elapsed();
 
+    let cpu = CpuClock::start(target.kind.broker_process());
+
     let consume = connection.create_channel().await?;
     let prefetch = u16::try_from(point.c).unwrap_or(u16::MAX);
     consume
@@ -90,6 +92,7 @@ async fn drain_queues(
         .try_collect::<()>()
         .await?;
     let drain = first.elapsed();
+    let cpu = cpu.stop();
     // Close the channels before the connection, so no delivery arrives on a closing channel.
     let _ = consume.close(200, "bench done").await;
     let _ = publish.close(200, "bench done").await;
@@ -97,6 +100,7 @@ async fn drain_queues(
         fill,
         drain,
         duplicates: 0,
+        cpu,
     })
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use indicatif::ProgressBar;
 
-use super::measure::{FirstSeen, Measured};
+use super::measure::{CpuClock, FirstSeen, Measured};
 use super::plan::Point;
 use super::target::Target;
 use super::taskbus_loop::FILL_IN_FLIGHT;
@@ -42,11 +42,13 @@ pub(crate) async fn run(
     tokio::task::spawn_blocking(move || {
         let fill = fill(&files.input, point.n)
             .with_context(|| format!("cannot fill {}", files.input.display()))?;
+        let cpu = CpuClock::start(None);
         let drain = drain(&files, point, &bar)?;
         Ok(Measured {
             fill,
             drain,
             duplicates: 0,
+            cpu: cpu.stop(),
         })
     })
     .await

@@ -18,7 +18,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use super::measure::{FirstSeen, Measured};
+use super::measure::{CpuClock, FirstSeen, Measured};
 use super::plan::Point;
 use super::target::{is_stale, Target};
 use super::taskbus_loop::FILL_IN_FLIGHT;
@@ -57,6 +57,8 @@ pub(crate) async fn run(
         .await
         .context("kafka: cannot fill the raw topic")?;
     let fill = filled.elapsed();
+
+    let cpu = CpuClock::start(target.kind.broker_process());
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &servers)
@@ -99,11 +101,13 @@ pub(crate) async fn run(
         .try_collect::<()>()
         .await?;
     let drain = first.elapsed();
+    let cpu = cpu.stop();
     let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
     Ok(Measured {
         fill,
         drain,
         duplicates: 0,
+        cpu,
     })
 }
 

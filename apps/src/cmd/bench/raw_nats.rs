@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
 
-use super::measure::{FirstSeen, Measured};
+use super::measure::{CpuClock, FirstSeen, Measured};
 use super::plan::Point;
 use super::target::{is_stale, Target};
 use super::taskbus_loop::FILL_IN_FLIGHT;
@@ -49,6 +49,8 @@ pub(crate) async fn run(
         .await
         .context("nats: cannot fill the raw stream")?;
     let fill = filled.elapsed();
+
+    let cpu = CpuClock::start(target.kind.broker_process());
 
     let consumer = input_stream
         .create_consumer(consumer::pull::Config {
@@ -88,10 +90,12 @@ pub(crate) async fn run(
         .buffer_unordered(point.c)
         .try_collect::<()>()
         .await?;
+    let drain = first.elapsed();
     Ok(Measured {
         fill,
-        drain: first.elapsed(),
+        drain,
         duplicates: 0,
+        cpu: cpu.stop(),
     })
 }
 

@@ -73,6 +73,12 @@ pub(crate) struct Throughput {
     pub(crate) fill_tasks_per_sec: f64,
     /// Tasks received more than once (summed over the runs).
     pub(crate) duplicates: u64,
+    /// CPU time of this process (the loop and its client library) per task while draining, µs
+    /// (median over the runs).
+    pub(crate) client_cpu_us: f64,
+    /// CPU time of the broker's processes per task while draining, µs; absent without a broker on
+    /// this machine.
+    pub(crate) broker_cpu_us: Option<f64>,
     /// The 1-minute load average when the point started.
     pub(crate) load: f64,
 }
@@ -192,6 +198,7 @@ impl Report {
         let mut out = String::new();
         self.header(&mut out);
         self.throughput_table(&mut out);
+        self.cpu_table(&mut out);
         self.latency_table(&mut out);
         self.memory_tables(&mut out);
         if !self.failures.is_empty() {
@@ -236,10 +243,7 @@ impl Report {
             "| bus | N | C | taskbus tasks/s | raw client tasks/s | taskbus / raw | fill tasks/s (taskbus / raw) | load |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
-        let mut points: Vec<(BusKind, usize, usize)> =
-            self.throughput.iter().map(|t| (t.bus, t.n, t.c)).collect();
-        points.dedup();
-        for (bus, n, c) in points {
+        for (bus, n, c) in self.points() {
             let find = |client| {
                 self.throughput
                     .iter()
@@ -274,6 +278,46 @@ impl Report {
                 "\nSlowest against its raw client: **{bus} {point}**, taskbus at {ratio:.2} of the raw loop."
             );
         }
+    }
+
+    fn cpu_table(&self, out: &mut String) {
+        if self.throughput.is_empty() {
+            return;
+        }
+        out.push_str(
+            "\n## CPU per task\n\nWhere the time goes: CPU time (user + system) per task while \
+             draining, of the process running the loop (every thread, its client library's too) and of the \
+             broker's processes on this machine (from /proc, in 10 ms ticks), µs. Client and broker share \
+             the machine's cores.\n\n\
+             | bus | N | C | taskbus client | taskbus broker | raw client | raw broker |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (bus, n, c) in self.points() {
+            let find = |client| {
+                self.throughput
+                    .iter()
+                    .find(|t| (t.bus, t.n, t.c, t.client) == (bus, n, c, client))
+            };
+            let us = |x: Option<f64>| x.map_or("–".to_owned(), |x| format!("{x:.1}"));
+            let (ours, raw) = (find(Client::Taskbus), find(Client::Raw));
+            let _ = writeln!(
+                out,
+                "| {bus} | {} | {c} | {} | {} | {} | {} |",
+                short(n),
+                us(ours.map(|t| t.client_cpu_us)),
+                us(ours.and_then(|t| t.broker_cpu_us)),
+                us(raw.map(|t| t.client_cpu_us)),
+                us(raw.and_then(|t| t.broker_cpu_us)),
+            );
+        }
+    }
+
+    /// The (bus, N, C) of every throughput point, in the order measured.
+    fn points(&self) -> Vec<(BusKind, usize, usize)> {
+        let mut points: Vec<(BusKind, usize, usize)> =
+            self.throughput.iter().map(|t| (t.bus, t.n, t.c)).collect();
+        points.dedup();
+        points
     }
 
     fn latency_table(&self, out: &mut String) {

@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use taskbus_bus::{Bus, Task};
 use taskbus_worker::{Launcher, LauncherOptions, Report, StatsSnapshot};
 
-use super::measure::Measured;
+use super::measure::{CpuClock, Measured};
 use super::plan::Point;
 use super::target::Target;
 use super::tasks;
@@ -40,6 +40,7 @@ pub(crate) async fn run(
         .with_context(|| format!("{}: cannot fill topic {topic:?}", target.kind))?;
     let fill = filled.elapsed();
 
+    let cpu = CpuClock::start(target.kind.broker_process());
     let options = LauncherOptions::default()
         .group(GROUP)
         .max_in_progress(point.c)
@@ -54,12 +55,14 @@ pub(crate) async fn run(
         .await
         .context("the launcher panicked")?
         .with_context(|| format!("{}: the launcher failed", target.kind))?;
+    let cpu = cpu.stop();
     let _ = bus.close().await;
     let (first, last) = watched?;
     Ok(Measured {
         fill,
         drain: last - first,
         duplicates: duplicates(&report, point.n),
+        cpu,
     })
 }
 
