@@ -263,15 +263,9 @@ impl Launcher {
             let shared = Arc::clone(shared);
             if self.options.accepts(&received.task.kind) {
                 taken += 1;
-                tracker.spawn(async move {
-                    execute::run_task(shared, received).await;
-                    drop(permit);
-                });
+                tracker.spawn(execute::run_task(shared, received, permit));
             } else {
-                tracker.spawn(async move {
-                    execute::other_type(shared, received).await;
-                    drop(permit);
-                });
+                tracker.spawn(execute::other_type(shared, received, permit));
             }
         }
     }
