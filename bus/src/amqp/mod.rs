@@ -14,6 +14,7 @@
 //! | `prefetch` | the consumer's `max_in_flight` (256) | unacked deliveries RabbitMQ hands one consumer at once (1–65535) |
 //! | `queue_expires` | none | delete a group's queue once it has had no consumer for this long, such as `1h`: for short-lived groups like a `taskbus tail`; its messages go with it |
 //! | `heartbeat` | RabbitMQ's (60s) | AMQP heartbeat interval, such as `10s`; `0s` turns heartbeats off |
+//! | `frame_max` | `32768` | the largest AMQP frame, in bytes (at least 4096): lapin keeps 32 frames of buffer each way per connection, so RabbitMQ's own 131072 costs 8 MiB per connection; larger messages travel in several frames |
 //! | `connect_timeout` | `10s` | how long one connection attempt may take |
 //! | `reconnect_timeout` | `60s` | how long a send or a consumer waits for a lost connection to come back before it fails |
 //!

@@ -7,6 +7,11 @@ use lapin::uri::AMQPUri;
 use crate::config::BusUrl;
 use crate::BusError;
 
+/// The largest AMQP frame this bus asks for. lapin keeps a send and a receive buffer of 32 frames
+/// per connection, so RabbitMQ's own default (128 KiB) costs 8 MiB per connection; tasks are small,
+/// and a larger one simply travels in several frames.
+pub(crate) const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
+
 /// The type of the queues declared for consumer groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QueueType {
@@ -73,6 +78,14 @@ impl AmqpOptions {
             ));
         }
         let heartbeat = url.take_duration("heartbeat")?;
+        let frame_max = url
+            .take_parsed::<u32>("frame_max")?
+            .unwrap_or(DEFAULT_FRAME_MAX);
+        if frame_max < 4096 {
+            return Err(url.error(format!(
+                "option frame_max={frame_max} is below AMQP's smallest frame, 4096 bytes; use 4096 or more, such as {DEFAULT_FRAME_MAX}"
+            )));
+        }
         let connect_timeout = url
             .take_duration("connect_timeout")?
             .unwrap_or(Duration::from_secs(10));
@@ -90,6 +103,7 @@ impl AmqpOptions {
                 .map_err(|_| url.error("option heartbeat is too long; use at most 65535s"))?;
             uri.query.heartbeat = Some(secs);
         }
+        uri.query.frame_max = Some(frame_max);
         uri.query.connection_timeout = u64::try_from(connect_timeout.as_millis()).ok();
         Ok(AmqpOptions {
             uri,
@@ -156,13 +170,14 @@ mod tests {
         assert_eq!(o.user(), "guest");
         assert!(!o.url.contains("secret"), "{}", o.url);
         assert_eq!(o.reconnect_timeout, Duration::from_secs(60));
+        assert_eq!(o.uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
     }
 
     #[test]
     fn every_option() {
         let o = parse(
             "amqp://u:p@h:5673/jobs?exchange=ex.1&queue_type=quorum&durable=true&prefetch=32\
-             &heartbeat=10s&connect_timeout=2s&reconnect_timeout=5m&queue_expires=1h",
+             &heartbeat=10s&connect_timeout=2s&reconnect_timeout=5m&queue_expires=1h&frame_max=131072",
         )
         .unwrap();
         assert_eq!(o.exchange, "ex.1");
@@ -174,6 +189,7 @@ mod tests {
         assert_eq!(o.vhost(), "jobs");
         assert_eq!(o.reconnect_timeout, Duration::from_secs(300));
         assert_eq!(o.queue_expires, Some(Duration::from_secs(3600)));
+        assert_eq!(o.uri.query.frame_max, Some(131_072));
     }
 
     #[test]
@@ -182,6 +198,7 @@ mod tests {
         assert!(err("amqp://h/%2f?queue_type=stream").contains("classic or quorum"));
         assert!(err("amqp://h/%2f?queue_type=quorum&durable=false").contains("always durable"));
         assert!(err("amqp://h/%2f?prefetch=0").contains("1 to 65535"));
+        assert!(err("amqp://h/%2f?frame_max=1024").contains("4096 or more"));
         assert!(err("amqp://h/%2f?prefetch=70000").contains("prefetch"));
         assert!(err("amqp://h/%2f?exchange=amq.topic").contains("reserved"));
         assert!(err("amqp://h/%2f?exchange=a:b").contains("':'"));
