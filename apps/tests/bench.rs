@@ -48,43 +48,55 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A tiny run on `buses`, writing its report into `dir`; returns the JSON report and the markdown.
-fn tiny_bench(dir: &Path, buses: &str) -> (Output, Value, String) {
+/// `taskbus bench ARGS`, writing its report into `dir/out`; returns the JSON report (null when
+/// none was written) and the markdown.
+fn bench(dir: &Path, args: &[&str]) -> (Output, Value, String) {
     let (json, md) = (dir.join("out/bench.json"), dir.join("out/bench.md"));
-    let bus_dir = dir.join("buses");
-    std::fs::create_dir_all(&bus_dir).unwrap();
-    let out = taskbus(&[
-        "bench",
-        "--buses",
-        buses,
-        "--concurrency",
-        "1,4",
-        "--tasks",
-        "200",
-        "--per-slot",
-        "100",
-        "--growth",
-        "200,400",
-        "--growth-concurrency",
-        "4",
-        "--latency-tasks",
-        "20",
-        "--latency-rate",
-        "200",
-        "--memory-in-flight",
-        "20",
-        "--dir",
-        bus_dir.to_str().unwrap(),
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
         "--json",
         json.to_str().unwrap(),
         "--markdown",
         md.to_str().unwrap(),
     ]);
+    let out = taskbus(&all);
     let report = std::fs::read_to_string(&json)
         .map(|j| serde_json::from_str(&j).unwrap())
         .unwrap_or(Value::Null);
     let markdown = std::fs::read_to_string(&md).unwrap_or_default();
     (out, report, markdown)
+}
+
+/// A tiny run on `buses`, with the file bus in `dir`.
+fn tiny_bench(dir: &Path, buses: &str) -> (Output, Value, String) {
+    let bus_dir = dir.join("buses");
+    std::fs::create_dir_all(&bus_dir).unwrap();
+    bench(
+        dir,
+        &[
+            "--buses",
+            buses,
+            "--concurrency",
+            "1,4",
+            "--tasks",
+            "200",
+            "--per-slot",
+            "100",
+            "--growth",
+            "200,400",
+            "--growth-concurrency",
+            "4",
+            "--latency-tasks",
+            "20",
+            "--latency-rate",
+            "200",
+            "--memory-in-flight",
+            "20",
+            "--dir",
+            bus_dir.to_str().unwrap(),
+        ],
+    )
 }
 
 fn rows<'a>(report: &'a Value, key: &str, bus: &str) -> Vec<&'a Value> {
@@ -230,20 +242,11 @@ fn bad_flags_are_usage_errors_with_one_line() {
 #[test]
 fn an_unreachable_broker_is_a_failure_in_the_report_and_the_exit_code() {
     let dir = tempfile::tempdir().unwrap();
-    let (json, md) = (dir.path().join("b.json"), dir.path().join("b.md"));
-    let out = taskbus(&[
-        "bench",
-        "--buses",
-        "nats",
-        "--nats-url",
-        "nats://127.0.0.1:1",
-        "--json",
-        json.to_str().unwrap(),
-        "--markdown",
-        md.to_str().unwrap(),
-    ]);
+    let (out, report, _) = bench(
+        dir.path(),
+        &["--buses", "nats", "--nats-url", "nats://127.0.0.1:1"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let failures = report["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{report:#}");
     assert_eq!(failures[0]["what"], "connect");
@@ -262,27 +265,23 @@ fn an_unreachable_broker_is_a_failure_in_the_report_and_the_exit_code() {
 #[test]
 fn a_tiny_bench_on_nats_reads_the_broker_cpu_beside_the_raw_client() {
     let dir = tempfile::tempdir().unwrap();
-    let (json, md) = (dir.path().join("b.json"), dir.path().join("b.md"));
     let url = std::env::var("TASKBUS_TEST_NATS_URL").unwrap_or("nats://127.0.0.1:4222".into());
-    let out = taskbus(&[
-        "bench",
-        "--buses",
-        "nats",
-        "--nats-url",
-        &url,
-        "--concurrency",
-        "4",
-        "--tasks",
-        "200",
-        "--skip",
-        "growth,latency,memory",
-        "--json",
-        json.to_str().unwrap(),
-        "--markdown",
-        md.to_str().unwrap(),
-    ]);
+    let (out, report, _) = bench(
+        dir.path(),
+        &[
+            "--buses",
+            "nats",
+            "--nats-url",
+            &url,
+            "--concurrency",
+            "4",
+            "--tasks",
+            "200",
+            "--skip",
+            "growth,latency,memory",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let throughput = rows(&report, "throughput", "nats");
     assert_eq!(throughput.len(), 2, "taskbus and raw: {report:#}");
     for row in throughput {

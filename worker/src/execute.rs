@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -41,7 +42,7 @@ enum Settle {
 }
 
 /// Runs a task of an accepted type and settles its delivery; `slot` (the launcher's permit) is let
-/// go when it is settled.
+/// go once the done task is confirmed and the ack is on its way, or once the task is handed back.
 ///
 /// A plain function returning the instrumented future, not an `async fn`: each task in flight is a
 /// spawned future of this size, and an `async fn` wrapped around it would hold its arguments and the
@@ -54,7 +55,6 @@ pub(crate) fn run_task(
     let (mut task, delivery) = received.into_parts();
     let span = tracing::info_span!("task", id = %task.id, r#type = %task.kind, job = %task.job);
     async move {
-        let _slot = slot;
         let settle = match prepare(&shared, &task) {
             Ok(timeout) => execute(&shared, &mut task, &delivery, timeout).await,
             Err(outcome) => Settle::Publish(outcome),
@@ -62,9 +62,10 @@ pub(crate) fn run_task(
         match settle {
             Settle::Publish(outcome) => {
                 finish(&mut task, outcome);
-                publish_then_ack(&shared, &task, delivery).await;
+                publish_then_ack(&shared, &task, delivery, slot).await;
             }
             Settle::Redeliver => {
+                let _slot = slot;
                 Stats::bump(&shared.stats.redelivered);
                 tracing::info!(id = %task.id, "cut off by the shutdown; handed back to the bus to be redone");
                 if let Err(e) = delivery.nack(None).await {
@@ -77,7 +78,7 @@ pub(crate) fn run_task(
 }
 
 /// Answers a task of a type this worker does not do: reject (a done task) or ignore (nack); `slot`
-/// is let go when it is settled.
+/// is let go as by [`run_task`].
 pub(crate) fn other_type(
     shared: Arc<Shared>,
     received: Received,
@@ -86,7 +87,6 @@ pub(crate) fn other_type(
     let (mut task, delivery) = received.into_parts();
     let span = tracing::info_span!("task", id = %task.id, r#type = %task.kind, job = %task.job);
     async move {
-        let _slot = slot;
         match shared.options.other_types {
             crate::OtherTypes::Reject => {
                 Stats::bump(&shared.stats.rejected);
@@ -97,9 +97,10 @@ pub(crate) fn other_type(
                 );
                 tracing::info!(id = %task.id, "{msg}");
                 finish(&mut task, Outcome::error(msg).no_retry());
-                publish_then_ack(&shared, &task, delivery).await;
+                publish_then_ack(&shared, &task, delivery, slot).await;
             }
             crate::OtherTypes::Ignore => {
+                let _slot = slot;
                 Stats::bump(&shared.stats.ignored);
                 tracing::debug!(id = %task.id, "ignored: not this worker's type; left for another consumer");
                 if let Err(e) = delivery.nack(Some(shared.options.ignore_delay)).await {
@@ -259,7 +260,17 @@ fn finish(task: &mut Task, outcome: Outcome) {
 
 /// Publishes the done task and acks the input only once the bus confirmed it; nacks the input if the
 /// publish failed, so the task comes back.
-async fn publish_then_ack(shared: &Shared, done: &Task, delivery: Delivery) {
+///
+/// The launcher's `slot` is let go as soon as the ack is on its way, before the bus confirms it: a
+/// new task can start while it is written, and a bus that writes acks together (the file bus) writes
+/// this one with the claim of the next task. The ack is still awaited here, so a draining launcher
+/// waits for it.
+async fn publish_then_ack(
+    shared: &Shared,
+    done: &Task,
+    delivery: Delivery,
+    slot: OwnedSemaphorePermit,
+) {
     let topic = &shared.options.done_topic;
     match shared.bus.send(topic, done).await {
         Ok(()) => {
@@ -267,7 +278,15 @@ async fn publish_then_ack(shared: &Shared, done: &Task, delivery: Delivery) {
                 shared.stats.record_done(result);
             }
             tracing::debug!(id = %done.id, result = ?done.result, msg = %done.msg, "done");
-            if let Err(e) = delivery.ack().await {
+            let mut ack = std::pin::pin!(delivery.ack());
+            // The first poll hands the ack to the bus; only then is the slot free.
+            let first = futures::poll!(ack.as_mut());
+            drop(slot);
+            let acked = match first {
+                Poll::Ready(acked) => acked,
+                Poll::Pending => ack.await,
+            };
+            if let Err(e) = acked {
                 Stats::bump(&shared.stats.ack_failures);
                 tracing::warn!(id = %done.id, error = %e,
                     "the done task is published but the input could not be acked; it may be done again");
@@ -283,6 +302,7 @@ async fn publish_then_ack(shared: &Shared, done: &Task, delivery: Delivery) {
             {
                 tracing::warn!(id = %done.id, error = %e, "cannot nack either; the task comes back after its lease");
             }
+            drop(slot);
         }
     }
 }

@@ -25,6 +25,10 @@ use super::topic::{lock_exclusive, FileId};
 use super::{lock, ms, now_ms, FileOptions};
 use crate::BusError;
 
+/// How long a flusher started by an ack waits for a claim to write the ack with (see
+/// [`Group::queue`]).
+const ACK_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A change to one delivery.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
@@ -216,15 +220,25 @@ impl Group {
 
     /// Queues a change and starts a flusher when none runs. Outside a runtime (a drop at the very
     /// end), the change waits for the next claim or flush.
+    ///
+    /// A flusher started by an ack waits [`ACK_PAUSE`] first: a worker usually takes its next task
+    /// right after an ack, and that claim writes the ack with it, in one locked append instead of
+    /// two. Anything else is written at once.
     fn queue(self: &Arc<Self>, pending: Pending) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.pending.push_quietly(pending);
             return;
         };
+        let pause = matches!(pending.settle.op, Op::Ack);
         if self.pending.push(pending) {
             // A task of its own: a caller that stops waiting cannot leave the lock held.
             let group = Arc::clone(self);
-            runtime.spawn(async move { group.flush_batches().await });
+            runtime.spawn(async move {
+                if pause {
+                    tokio::time::sleep(ACK_PAUSE).await;
+                }
+                group.flush_batches().await;
+            });
         }
     }
 
