@@ -1,6 +1,6 @@
 //! The raw loop on Kafka with rdkafka, as a hand-written worker does it: an idempotent producer
-//! (`acks=all`, `linger.ms=0`, like the bus's default), a stream consumer in a new group that stores each
-//! message's offset once its done task's delivery report came back — in whatever order messages
+//! (`acks=all`, `linger.ms=0`, like the bus's default), a stream consumer in a new group that stores
+//! each message's offset once its done task's delivery report came back — in whatever order messages
 //! finish, which a careful worker must not do (a crash would skip unfinished messages below a stored
 //! offset; the bus commits only up to the lowest unfinished one) — and auto-commits every second, with
 //! C messages in flight.

@@ -170,10 +170,7 @@ impl Report {
             .iter()
             .filter(|t| t.client == Client::Taskbus)
             .filter_map(|t| {
-                let raw = self
-                    .throughput
-                    .iter()
-                    .find(|r| r.client == Client::Raw && (r.bus, r.n, r.c) == (t.bus, t.n, t.c))?;
+                let raw = self.row(t.bus, t.n, t.c, Client::Raw)?;
                 Some((
                     t.bus,
                     Point { n: t.n, c: t.c },
@@ -244,11 +241,7 @@ impl Report {
              |---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for (bus, n, c) in self.points() {
-            let find = |client| {
-                self.throughput
-                    .iter()
-                    .find(|t| (t.bus, t.n, t.c, t.client) == (bus, n, c, client))
-            };
+            let find = |client| self.row(bus, n, c, client);
             let (ours, raw) = (find(Client::Taskbus), find(Client::Raw));
             let rate =
                 |t: Option<&Throughput>| t.map_or("–".to_owned(), |t| thousands(t.tasks_per_sec));
@@ -293,11 +286,7 @@ impl Report {
              |---|---:|---:|---:|---:|---:|---:|\n",
         );
         for (bus, n, c) in self.points() {
-            let find = |client| {
-                self.throughput
-                    .iter()
-                    .find(|t| (t.bus, t.n, t.c, t.client) == (bus, n, c, client))
-            };
+            let find = |client| self.row(bus, n, c, client);
             let us = |x: Option<f64>| x.map_or("–".to_owned(), |x| format!("{x:.1}"));
             let (ours, raw) = (find(Client::Taskbus), find(Client::Raw));
             let _ = writeln!(
@@ -310,6 +299,13 @@ impl Report {
                 us(raw.and_then(|t| t.broker_cpu_us)),
             );
         }
+    }
+
+    /// The throughput row of one point and client.
+    fn row(&self, bus: BusKind, n: usize, c: usize, client: Client) -> Option<&Throughput> {
+        self.throughput
+            .iter()
+            .find(|t| (t.bus, t.n, t.c, t.client) == (bus, n, c, client))
     }
 
     /// The (bus, N, C) of every throughput point, in the order measured.
