@@ -42,8 +42,9 @@
 //!   that dies (even `SIGKILL`) releases nothing explicitly: its leases simply run out — also those
 //!   of lines it had claimed ahead and not yet handed out, which come back as a later delivery
 //!   though no worker ran them: a consumer claims at least a quarter of `max_in_flight` per lock,
-//!   so up to `max_in_flight` and a quarter of its lines may come back. A delivery dropped without being settled is nacked at once. Nack with a
-//!   delay holds the line back for the delay, across processes.
+//!   so up to `max_in_flight` and a quarter of its lines may come back. A delivery dropped without
+//!   being settled is nacked at once. Nack with a delay holds the line back for the delay, across
+//!   processes.
 //! - Consumers follow the file by polling its size (cheap `fstat`s, no lock while nothing changed);
 //!   a finite consumer ([`ConsumerOptions::finite`](crate::ConsumerOptions)) ends at the end of
 //!   the file once no nacked line of its group is waiting out a delay.
