@@ -94,7 +94,7 @@ impl BusError {
         }
     }
 
-    /// A [`BusError::Io`] without a hint; add one with [`BusError::with_hint`].
+    /// A [`BusError::Io`]; a permission error gets a hint on what to check.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let hint = match source.kind() {
             std::io::ErrorKind::PermissionDenied => {

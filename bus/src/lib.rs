@@ -42,7 +42,7 @@
 //! | `nats` | the NATS JetStream backend (`async-nats`) |
 //! | `amqp` | the AMQP backend (`lapin`) |
 //! | `kafka` | the Kafka backend (`rdkafka`, bundled librdkafka) |
-//! | `conformance` | the [`conformance`] suite, for testing a backend |
+//! | `conformance` | the `conformance` suite, for testing a backend |
 
 mod bus;
 mod capabilities;
